@@ -1,0 +1,1 @@
+"""Subcommands of the ixgs CLI (one module each)."""

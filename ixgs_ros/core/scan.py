@@ -1,0 +1,277 @@
+"""The ixgs-scan v1 format: a directory with ``scan.json`` and ``projections.npy``. A public contract.
+
+``scan.json``::
+
+    {"format": "ixgs-scan", "version": 1, "units": "mm",
+     "image_kind": "line_integral" | "raw",
+     "projections": "projections.npy",
+     "views": [{"K": [[fx, s, cx], [0, fy, cy], [0, 0, 1]],
+                "T_world_source": [[...4x4 camera-to-world...]],
+                "width": W, "height": H,          # optional; must match the array when present
+                "sdd": 1000.0, "view_id": "...", # optional extras -> View.meta, written back
+                ...}, ...],
+     ...}                                         # optional top-level extras -> Scan.extra, written back
+
+``projections.npy``: float32 ``[N, H, W]``, image ``i`` belongs to ``views[i]``. For ``line_integral`` each
+value is the integral of mu (1/mm) from the source to the pixel centre; ``raw`` holds detector intensities.
+Conventions of ``K`` / ``T_world_source`` are those of :mod:`ixgs_ros.core.geometry`.
+
+Readers are strict (:class:`ScanError` names the file and field) but keep unknown keys; writers are atomic
+(temporary file, then rename; ``scan.json`` last).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import GeometryError, View, validate_K, validate_pose
+
+__all__ = ["Scan", "ScanError", "FORMAT", "VERSION", "SCAN_JSON", "PROJECTIONS_FILE", "IMAGE_KINDS",
+           "NEGATIVE_LINE_INTEGRAL_TOL"]
+
+FORMAT = "ixgs-scan"
+VERSION = 1
+SCAN_JSON = "scan.json"
+PROJECTIONS_FILE = "projections.npy"
+IMAGE_KINDS = ("line_integral", "raw")
+#: Line integrals below ``-NEGATIVE_LINE_INTEGRAL_TOL`` are rejected (small negatives are noise in air).
+NEGATIVE_LINE_INTEGRAL_TOL = 0.1
+
+_TOP_KEYS = ("format", "version", "units", "image_kind", "projections", "views", "width", "height")
+_VIEW_KEYS = ("K", "T_world_source", "width", "height")
+
+
+class ScanError(ValueError):
+    """Invalid scan directory, scan.json or projections (the message names the file and the field)."""
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write ``path`` through a temporary file in the same directory, fsync, then rename over it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Scan:
+    """A set of X-ray views and their images.
+
+    ``views[i]`` belongs to ``projections[i]`` (float32 ``[N, H, W]``); ``image_kind`` is ``"line_integral"``
+    or ``"raw"``; ``extra`` holds the top-level keys of scan.json this version does not interpret.
+    """
+
+    views: list
+    projections: np.ndarray
+    image_kind: str = "line_integral"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.views = list(self.views)
+        if self.extra is None:
+            self.extra = {}
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    @property
+    def height(self) -> int:
+        return int(self.projections.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.projections.shape[2])
+
+    # ----------------------------------------------------------------- validation
+    def validate(self, negative_tol: float = NEGATIVE_LINE_INTEGRAL_TOL, where: str = "scan") -> "Scan":
+        """Check the scan against the v1 contract; raises :class:`ScanError`, returns ``self``."""
+        if self.image_kind not in IMAGE_KINDS:
+            raise ScanError(f"{where}: image_kind: must be one of {', '.join(IMAGE_KINDS)}, got {self.image_kind!r}")
+        if not isinstance(self.extra, dict):
+            raise ScanError(f"{where}: extra: must be a dict, got {type(self.extra).__name__}")
+        clash = sorted(set(self.extra) & set(_TOP_KEYS))
+        if clash:
+            raise ScanError(f"{where}: extra: key(s) {', '.join(clash)} are reserved by the format")
+        if len(self.views) == 0:
+            raise ScanError(f"{where}: views: a scan needs at least one view")
+        for i, v in enumerate(self.views):
+            if not isinstance(v, View):
+                raise ScanError(f"{where}: views[{i}]: expected a View, got {type(v).__name__}")
+        p = self.projections
+        if not isinstance(p, np.ndarray):
+            raise ScanError(f"{where}: projections: expected a numpy array, got {type(p).__name__}")
+        if p.ndim != 3:
+            raise ScanError(f"{where}: projections: expected a 3D array [N, H, W], got shape {p.shape}")
+        if p.dtype != np.float32:
+            raise ScanError(f"{where}: projections: dtype must be float32, got {p.dtype}")
+        if p.shape[0] != len(self.views):
+            raise ScanError(f"{where}: views: {len(self.views)} view(s) but the projections hold {p.shape[0]} image(s)")
+        H, W = p.shape[1:]
+        for i, v in enumerate(self.views):
+            if (v.height, v.width) != (H, W):
+                raise ScanError(f"{where}: views[{i}]: detector {v.width}x{v.height} (width x height) does not "
+                                f"match the projections image size {W}x{H}")
+        for i in range(p.shape[0]):
+            img = np.asarray(p[i])
+            if not np.isfinite(img).all():
+                raise ScanError(f"{where}: projections[{i}]: contains NaN or inf")
+            if self.image_kind == "line_integral":
+                lo = float(img.min())
+                if lo < -negative_tol:
+                    raise ScanError(f"{where}: projections[{i}]: negative line integral {lo:.4g} (below "
+                                    f"-{negative_tol}); is image_kind 'raw' or the sign flipped?")
+        return self
+
+    # ----------------------------------------------------------------- I/O
+    @classmethod
+    def load(cls, path, negative_tol: float = NEGATIVE_LINE_INTEGRAL_TOL) -> "Scan":
+        """Read a scan directory (or the path of its scan.json) strictly."""
+        path = Path(path)
+        jp = path if path.suffix == ".json" and not path.is_dir() else path / SCAN_JSON
+        where = str(jp)
+        if not jp.is_file():
+            raise ScanError(f"{where}: not found (a scan is a directory with {SCAN_JSON} and {PROJECTIONS_FILE})")
+        try:
+            doc = json.loads(jp.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ScanError(f"{where}: invalid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ScanError(f"{where}: top level must be a JSON object")
+
+        def need(key):
+            if key not in doc:
+                raise ScanError(f"{where}: {key}: missing")
+            return doc[key]
+
+        fmt = need("format")
+        if fmt != FORMAT:
+            raise ScanError(f"{where}: format: expected {FORMAT!r}, got {fmt!r}")
+        ver = need("version")
+        if isinstance(ver, bool) or not isinstance(ver, int):
+            raise ScanError(f"{where}: version: must be an integer, got {ver!r}")
+        if ver != VERSION:
+            raise ScanError(f"{where}: version: unsupported version {ver} (this reader supports {VERSION})")
+        units = need("units")
+        if units != "mm":
+            raise ScanError(f"{where}: units: must be 'mm', got {units!r}")
+        kind = need("image_kind")
+        if kind not in IMAGE_KINDS:
+            raise ScanError(f"{where}: image_kind: must be one of {', '.join(IMAGE_KINDS)}, got {kind!r}")
+        pname = need("projections")
+        if not isinstance(pname, str) or not pname:
+            raise ScanError(f"{where}: projections: must be a file name, got {pname!r}")
+        views_doc = need("views")
+        if not isinstance(views_doc, list) or not views_doc:
+            raise ScanError(f"{where}: views: must be a non-empty list")
+
+        Ks, Ts = [], []
+        for i, vd in enumerate(views_doc):
+            if not isinstance(vd, dict):
+                raise ScanError(f"{where}: views[{i}]: must be an object with K and T_world_source")
+            for key in ("K", "T_world_source"):
+                if key not in vd:
+                    raise ScanError(f"{where}: views[{i}].{key}: missing")
+            try:
+                Ks.append(validate_K(vd["K"], f"views[{i}].K"))
+                Ts.append(validate_pose(vd["T_world_source"], f"views[{i}].T_world_source"))
+            except GeometryError as exc:
+                raise ScanError(f"{where}: {exc}") from None
+
+        ppath = Path(pname) if Path(pname).is_absolute() else jp.parent / pname
+        if not ppath.is_file():
+            raise ScanError(f"{where}: projections: file not found: {ppath}")
+        try:
+            mm = np.load(ppath, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ScanError(f"{where}: projections: cannot read {ppath}: {exc}") from None
+        if not isinstance(mm, np.ndarray):
+            raise ScanError(f"{where}: projections: {ppath} is not a single .npy array")
+        if mm.ndim != 3:
+            raise ScanError(f"{where}: projections: expected a float32 array [N, H, W], got shape {mm.shape}")
+        if mm.dtype != np.float32:
+            raise ScanError(f"{where}: projections: dtype must be float32, got {mm.dtype}")
+        N, H, W = mm.shape
+        if N != len(views_doc):
+            raise ScanError(f"{where}: views: {len(views_doc)} view(s) but {ppath.name} holds {N} image(s)")
+        for key, size in (("width", W), ("height", H)):
+            if key in doc and doc[key] != size:
+                raise ScanError(f"{where}: {key}: {doc[key]!r} does not match the projections ({size})")
+            for i, vd in enumerate(views_doc):
+                if key in vd and vd[key] != size:
+                    raise ScanError(f"{where}: views[{i}].{key}: {vd[key]!r} does not match the projections ({size})")
+
+        views = [View(K, T, W, H, {k: v for k, v in vd.items() if k not in _VIEW_KEYS})
+                 for K, T, vd in zip(Ks, Ts, views_doc)]
+        projections = np.array(mm, dtype=np.float32, order="C")
+        del mm
+        extra = {k: v for k, v in doc.items() if k not in _TOP_KEYS}
+        return cls(views, projections, kind, extra).validate(negative_tol, where=where)
+
+    def to_json_dict(self) -> dict:
+        """The scan.json document of this scan (views carry width/height and their meta)."""
+        views = []
+        for v in self.views:
+            d = {"K": v.K.tolist(), "T_world_source": v.T_world_source.tolist(), "width": v.width,
+                 "height": v.height}
+            d.update({k: val for k, val in v.meta.items() if k not in _VIEW_KEYS})
+            views.append(d)
+        doc = {"format": FORMAT, "version": VERSION, "units": "mm", "image_kind": self.image_kind,
+               "projections": PROJECTIONS_FILE, "views": views}
+        doc.update(self.extra)
+        return doc
+
+    def save(self, path, negative_tol: float = NEGATIVE_LINE_INTEGRAL_TOL) -> Path:
+        """Validate, then write ``path/projections.npy`` and ``path/scan.json`` atomically. Returns ``path``."""
+        self.validate(negative_tol)
+        path = Path(path)
+        try:
+            text = json.dumps(self.to_json_dict(), indent=1, default=_jsonable, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ScanError(f"scan: extra/meta values must be JSON serialisable (finite numbers): {exc}") from None
+        path.mkdir(parents=True, exist_ok=True)
+        arr = np.ascontiguousarray(self.projections, dtype=np.float32)
+        _atomic_write(path / PROJECTIONS_FILE, lambda f: np.save(f, arr, allow_pickle=False))
+        _atomic_write(path / SCAN_JSON, lambda f: f.write((text + "\n").encode("utf-8")))
+        return path
+
+    # ----------------------------------------------------------------- selection
+    def subset(self, indices) -> "Scan":
+        """A new scan with the views ``indices`` (ints, a slice or a boolean mask), in that order."""
+        try:
+            idx = np.atleast_1d(np.arange(len(self.views))[indices])
+        except (IndexError, TypeError, ValueError) as exc:
+            raise ScanError(f"subset: invalid selection for {len(self.views)} views: {exc}") from None
+        if idx.size == 0:
+            raise ScanError("subset: the selection is empty")
+        views = [self.views[int(i)] for i in idx]
+        views = [View(v.K, v.T_world_source, v.width, v.height, copy.deepcopy(v.meta)) for v in views]
+        return Scan(views, np.ascontiguousarray(self.projections[idx]), self.image_kind,
+                    copy.deepcopy(self.extra))
+
+    def __repr__(self) -> str:
+        shape = getattr(self.projections, "shape", None)
+        return f"Scan({len(self.views)} views, projections {shape}, image_kind={self.image_kind!r})"

@@ -1,0 +1,153 @@
+"""Volume grids: a shape plus an affine from voxel index (i, j, k) to world mm, and NIfTI I/O.
+
+Arrays are indexed ``data[i, j, k]`` exactly as NIfTI stores them; ``affine @ (i, j, k, 1)`` is the world
+position (mm) of the voxel centre. Attenuation volumes hold mu in 1/mm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Grid", "VolumeError", "MU_WATER", "hu_to_mu", "mu_to_hu", "load_nifti", "save_nifti"]
+
+#: Linear attenuation of water near 70 keV effective energy (1/mm).
+MU_WATER = 0.0195
+
+
+class VolumeError(ValueError):
+    """Raised for invalid grids or volume files."""
+
+
+def hu_to_mu(hu, mu_water: float = MU_WATER):
+    """mu = mu_water * (1 + HU/1000), clipped at 0 (1/mm). Works on numpy arrays and torch tensors."""
+    mu = mu_water * (1.0 + hu / 1000.0)
+    return mu.clip(min=0) if hasattr(mu, "clip") else max(mu, 0.0)
+
+
+def mu_to_hu(mu, mu_water: float = MU_WATER):
+    return (mu / mu_water - 1.0) * 1000.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular 3D grid: ``shape`` (I, J, K) and ``affine`` (4x4, voxel index -> world mm)."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in self.shape)
+        if len(shape) != 3 or min(shape) <= 0:
+            raise VolumeError(f"grid shape must be 3 positive integers, got {self.shape}")
+        A = np.array(self.affine, dtype=np.float64)
+        if A.shape != (4, 4) or not np.all(np.isfinite(A)):
+            raise VolumeError("grid affine must be a finite 4x4 matrix")
+        if not np.allclose(A[3], [0, 0, 0, 1]):
+            raise VolumeError(f"grid affine last row must be [0, 0, 0, 1], got {A[3].tolist()}")
+        if abs(np.linalg.det(A[:3, :3])) < 1e-12:
+            raise VolumeError("grid affine is singular")
+        A.setflags(write=False)
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "affine", A)
+
+    # ---------------------------------------------------------------- constructors
+    @classmethod
+    def centered(cls, size, spacing, center=(0.0, 0.0, 0.0)) -> "Grid":
+        """Axis-aligned grid of ``size`` voxels (int or 3 ints), ``spacing`` mm, centred on ``center``."""
+        size = np.broadcast_to(np.asarray(size, dtype=int), (3,))
+        spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
+        if np.any(spacing <= 0):
+            raise VolumeError(f"spacing must be positive, got {spacing.tolist()}")
+        A = np.diag(np.append(spacing, 1.0))
+        A[:3, 3] = np.asarray(center, dtype=np.float64) - spacing * (size - 1) / 2.0
+        return cls(tuple(int(s) for s in size), A)
+
+    @classmethod
+    def like(cls, path) -> "Grid":
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        return cls(img.shape[:3], img.affine)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def center(self) -> np.ndarray:
+        return self.index_to_world((np.array(self.shape) - 1) / 2.0)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.prod(self.shape))
+
+    def index_to_world(self, ijk) -> np.ndarray:
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def world_to_index(self, xyz) -> np.ndarray:
+        xyz = np.asarray(xyz, dtype=np.float64)
+        Ainv = np.linalg.inv(self.affine)
+        return xyz @ Ainv[:3, :3].T + Ainv[:3, 3]
+
+    def world_coords(self) -> np.ndarray:
+        """World coordinates of all voxel centres, ``[I, J, K, 3]``."""
+        ijk = np.stack(np.meshgrid(*[np.arange(s) for s in self.shape], indexing="ij"), axis=-1)
+        return self.index_to_world(ijk)
+
+    def corners(self) -> np.ndarray:
+        """World coordinates of the 8 outer corners of the grid (voxel edges, not centres)."""
+        lo, hi = -0.5, np.array(self.shape) - 0.5
+        c = np.array([[x, y, z] for x in (lo, hi[0]) for y in (lo, hi[1]) for z in (lo, hi[2])])
+        return self.index_to_world(c)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        c = self.corners()
+        return c.min(0), c.max(0)
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "affine": self.affine.tolist()}
+
+    def __eq__(self, other):
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return self.shape == other.shape and np.allclose(self.affine, other.affine)
+
+    __hash__ = None
+
+
+def load_nifti(path) -> tuple[np.ndarray, Grid]:
+    """Load a NIfTI volume as (float32 array [I, J, K], Grid)."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"volume file not found: {path}")
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise VolumeError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    return data, Grid(data.shape, img.affine)
+
+
+def save_nifti(path, data, grid: Grid, description: str = "mu [1/mm]") -> Path:
+    """Write ``data`` (float32 [I, J, K]) with ``grid.affine`` as sform and qform (code 1, scanner mm)."""
+    import nibabel as nib
+
+    data = np.asarray(data, dtype=np.float32)
+    if data.shape != grid.shape:
+        raise VolumeError(f"data shape {data.shape} does not match grid shape {grid.shape}")
+    img = nib.Nifti1Image(data, np.asarray(grid.affine))
+    img.set_sform(np.asarray(grid.affine), code=1)
+    img.set_qform(np.asarray(grid.affine), code=1)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = description[:79].encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
