@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["demo", "simulate", "import_scan", "reconstruct", "bench", "info"]
+SUBCOMMANDS = ["demo", "simulate", "import_scan", "reconstruct", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
