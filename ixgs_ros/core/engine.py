@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from . import gaussians_render as gr
 from .gaussians import GaussianModel, NormalizedFrame, inverse_softplus
 from .geometry import View
-from .losses import psnr, ssim_2d, tv_3d
+from .losses import ssim_2d, tv_3d
 from .volume import MU_WATER, Grid
 
 __all__ = ["EngineConfig", "ReconstructionEngine", "EngineError"]
@@ -631,21 +631,18 @@ class ReconstructionEngine:
         return vol.cpu().numpy().astype(np.float32)
 
     def evaluate_holdout(self) -> dict:
-        """2D PSNR/SSIM of the current model on held-out views (each scaled by its own max, peak 1)."""
-        out = {"psnr": [], "ssim": []}
-        if self.model is None:
-            return {"psnr_mean": float("nan"), "ssim_mean": float("nan"), "n": 0}
-        with torch.no_grad():
-            for i in self.holdout_indices:
-                vd = self.views[i]
-                pred = self._render(vd.K, vd.T, *vd.image.shape)
-                peak = vd.image.max().clamp_min(1e-12)
-                out["psnr"].append(psnr(pred / peak, vd.image / peak, peak=1.0))
-                out["ssim"].append(float(ssim_2d(pred / peak, vd.image / peak, data_range=1.0)))
-        n = len(out["psnr"])
-        return {"psnr_mean": float(np.mean(out["psnr"])) if n else float("nan"),
-                "ssim_mean": float(np.mean(out["ssim"])) if n else float("nan"),
-                "psnr": out["psnr"], "ssim": out["ssim"], "n": n}
+        """2D PSNR/SSIM of the current model on held-out views (R²-Gaussian's 2D protocol: each projection
+        scaled by its ground-truth max, peak 1; see :mod:`ixgs_ros.core.metrics`)."""
+        from .metrics import psnr_2d, ssim_2d
+
+        idx = self.holdout_indices
+        if self.model is None or not idx:
+            return {"psnr_mean": float("nan"), "ssim_mean": float("nan"), "psnr": [], "ssim": [], "n": 0}
+        pred = [self.render_view(i) for i in idx]
+        gt = [(self.views[i].image * self.frame.projection_scale).cpu().numpy() for i in idx]
+        p_mean, p_all = psnr_2d(np.stack(pred), np.stack(gt), return_all=True)
+        s_mean, s_all = ssim_2d(np.stack(pred), np.stack(gt), return_all=True)
+        return {"psnr_mean": p_mean, "ssim_mean": s_mean, "psnr": p_all, "ssim": s_all, "n": len(idx)}
 
     def status(self) -> dict:
         m = self.model

@@ -1,4 +1,6 @@
-"""Differentiable training losses of R²-Gaussian: L1, D-SSIM (2D) and 3D total variation."""
+"""Differentiable training losses of R²-Gaussian: D-SSIM (2D) and 3D total variation (torch, autograd).
+
+Evaluation metrics (numpy, the field's protocol) live in :mod:`ixgs_ros.core.metrics`."""
 from __future__ import annotations
 
 import functools
@@ -6,7 +8,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gaussian_window", "ssim_2d", "tv_3d", "psnr"]
+__all__ = ["gaussian_window", "ssim_2d", "tv_3d"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,9 +44,3 @@ def tv_3d(vol: torch.Tensor) -> torch.Tensor:
     """Mean absolute finite difference along the three axes (anisotropic TV)."""
     return (vol[1:] - vol[:-1]).abs().mean() + (vol[:, 1:] - vol[:, :-1]).abs().mean() + \
         (vol[:, :, 1:] - vol[:, :, :-1]).abs().mean()
-
-
-def psnr(pred: torch.Tensor, ref: torch.Tensor, peak: float | None = None) -> float:
-    peak = float(ref.max()) if peak is None else peak
-    mse = float(((pred - ref) ** 2).mean())
-    return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(peak ** 2 / mse)).item()

@@ -184,11 +184,12 @@ def write_navigation_outputs(volume_mu, grid: Grid, out_dir, *, views=None, labe
     summary["files"] = {k: str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p)
                         for k, p in paths.items()}
     paths["summary"] = out / "navigation.json"
-    paths["summary"].write_text(json.dumps(summary, indent=2, default=_json_default))
+    paths["summary"].write_text(json.dumps(summary, indent=2, default=json_default))
     return paths
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars/arrays and paths."""
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     if isinstance(o, np.ndarray):

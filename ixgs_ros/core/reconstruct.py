@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import EngineConfig, EngineError, ReconstructionEngine
+from .outputs import json_default
 from .geometry import views_bounding_sphere
 from .volume import Grid, load_nifti, save_nifti
 
@@ -149,17 +150,9 @@ def write_outputs(result: ReconstructionResult, out_dir, grid: Grid, *, scan=Non
                                        config=NavigationConfig(export_nifti=False))
         paths.update({k: str(v) for k, v in nav.items()})
     report["outputs"] = paths
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=json_default))
     paths["report"] = str(out / "report.json")
     return paths
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 __all__ += ["write_outputs", "EngineError"]
