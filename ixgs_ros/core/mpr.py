@@ -355,12 +355,13 @@ def write_mpr_montage(volumes, grid: Grid, path, point=None, *, window: Window =
     slices = [compute_mpr(v, grid, point, planes=planes, max_size=max_size) for _, v in rows]
     names = list(slices[0])
     cell = 3.2
-    band = 0.35 if title else 0.0
+    band = 0.35
     fig = Figure(figsize=(cell * len(names), cell * len(rows) + band), dpi=dpi, facecolor="black")
     FigureCanvasAgg(fig)
-    if title:
-        fig.text(0.01, 1 - 0.5 * band / (cell * len(rows) + band), title, color="white", ha="left",
-                 va="center", fontsize=11)
+    title = f"{title}   [{window.label()}]" if title else window.label()
+    band = 0.35
+    fig.text(0.01, 1 - 0.5 * band / (cell * len(rows) + band), title, color="white", ha="left",
+             va="center", fontsize=11)
     vmin, vmax = window.mu_range()
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="#1c2430")
     h_frac = cell / (cell * len(rows) + band)
@@ -374,8 +375,8 @@ def write_mpr_montage(volumes, grid: Grid, path, point=None, *, window: Window =
                       origin="upper", aspect="equal")
             ax.set_xlim(-0.5, pl.shape[1] - 0.5)
             ax.set_ylim(pl.shape[0] - 0.5, -0.5)
-            annotate(ax, pl.right, pl.down, pl.pixel_mm, pl.shape, title=f"{label} {name}".strip(),
-                     info=window.label() if (r, c) == (len(rows) - 1, 0) else None)
+            # the row/plane label goes bottom-left so the top edge keeps its orientation letter
+            annotate(ax, pl.right, pl.down, pl.pixel_mm, pl.shape, info=f"{label} {name}".strip())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=dpi, facecolor="black")
