@@ -39,7 +39,8 @@ from pathlib import Path
 __all__ = ["available", "unavailable_reason", "extension_name", "library_path", "load", "load_emulated",
            "rasterize", "voxelize_kernel", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .native import REPO_ROOT, source_dir  # one place for where the kernel sources live
+
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _modules: dict[bool, object] = {}
@@ -60,10 +61,6 @@ def nvcc_flags() -> list[str]:
 
 
 EMU_FLAGS = ["-O2", "-pthread", "-fvisibility=hidden"]
-
-
-def source_dir() -> Path:
-    return Path(os.environ.get("IXGS_NATIVE_SRC", REPO_ROOT / "cuda_ext"))
 
 
 def build_root() -> Path:
