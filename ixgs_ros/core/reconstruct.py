@@ -94,8 +94,8 @@ def reconstruct_scan(scan, grid: Grid, config: EngineConfig, *, holdout: int = 0
             entry.update(eval_callback(engine))
         curve.append(entry)
         if bar is not None:
+            bar.set_postfix(loss=f"{st['loss']:.4f}", gaussians=st["num_gaussians"], refresh=False)
             bar.update(n)
-            bar.set_postfix(loss=f"{st['loss']:.4f}", gaussians=st["num_gaussians"])
     if bar is not None:
         bar.close()
     t_vol = time.perf_counter()
