@@ -1,6 +1,8 @@
 """The pure-torch R²-Gaussian X-ray renderer (reference backend): maths, geometry conventions, gradients."""
 from __future__ import annotations
 
+from functools import partial
+
 import math
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from gaussian_factory import random_gaussians
 from ixgs_ros.core import gaussians_render as gr
 from ixgs_ros.core.geometry import View, look_at, rotation_z
 
@@ -123,13 +126,7 @@ def test_mean2d_matches_view_projection():
     np.testing.assert_allclose(proj.depth.numpy(), z, rtol=1e-12)
 
 
-def _random_gaussians(n, seed=0, spread=60.0, scale=2.0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=g, dtype=dtype) - 0.5) * spread
-    scales = scale * torch.exp(0.4 * torch.randn(n, 3, generator=g, dtype=dtype))
-    quats = torch.randn(n, 4, generator=g, dtype=dtype)
-    density = 0.05 * torch.rand(n, generator=g, dtype=dtype)
-    return means, scales, quats, density
+_random_gaussians = partial(random_gaussians, spread=60.0)
 
 
 def test_rigid_motion_of_scene_and_camera_leaves_image_unchanged():

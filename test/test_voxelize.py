@@ -1,12 +1,15 @@
 """Voxelizer: the Gaussian density field sampled on arbitrary (rotated, anisotropic) grids, both backends."""
 from __future__ import annotations
 
+from functools import partial
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from gaussian_factory import random_gaussians
 from ixgs_ros.core import gaussians_render as gr
 from ixgs_ros.core import voxelize as vx
 from ixgs_ros.core.geometry import rotation_x, rotation_y, rotation_z
@@ -15,13 +18,7 @@ from ixgs_ros.core.volume import Grid
 F64 = torch.float64
 
 
-def _gaussians(n, seed=0, spread=20.0, scale=2.0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=g, dtype=dtype) - 0.5) * spread
-    scales = scale * torch.exp(0.4 * torch.randn(n, 3, generator=g, dtype=dtype))
-    quats = torch.randn(n, 4, generator=g, dtype=dtype)
-    density = 0.05 * torch.rand(n, generator=g, dtype=dtype)
-    return means, scales, quats, density
+_gaussians = partial(random_gaussians, spread=20.0)
 
 
 def _rotated_grid(shape=(14, 11, 9)):
