@@ -38,8 +38,6 @@ __all__ = [
     "carm_rotation",
     "CArmParams",
     "roi_visibility",
-    "stack_K",
-    "stack_T",
     "views_bounding_sphere",
 ]
 
@@ -566,14 +564,6 @@ class View:
             np.array_equal(self.K, other.K) and np.array_equal(self.T_world_source, other.T_world_source)
 
     __hash__ = None
-
-
-def stack_K(views: Sequence[View]) -> np.ndarray:
-    return np.stack([v.K for v in views])
-
-
-def stack_T(views: Sequence[View]) -> np.ndarray:
-    return np.stack([v.T_world_source for v in views])
 
 
 def views_bounding_sphere(views: Iterable[View]) -> tuple[np.ndarray, float]:
