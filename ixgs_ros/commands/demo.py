@@ -77,7 +77,7 @@ def run(args) -> int:
     # ---------------------------------------------------------------- 2. ixgs
     cfg = load_engine_config(None, iterations=args.iterations, seed=args.seed)
     if args.quick and args.iterations is None:
-        cfg.iterations = 600
+        cfg.iterations = 200
     _log(f"ixgs reconstruction: {cfg.iterations} iterations on the CPU ...")
     result = reconstruct_scan(scan, grid, cfg, holdout=0, progress=True)
     ixgs_dir = out / "ixgs"

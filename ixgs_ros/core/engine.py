@@ -61,7 +61,7 @@ class EngineConfig:
     """Reconstruction parameters. Learning rates follow R²-Gaussian (positions 2e-4, density 1e-2, scale 5e-3,
     rotation 1e-3, decaying to ``lr_final_factor`` x) in the normalised frame."""
 
-    iterations: int = 600           # length of the learning-rate / densification schedule
+    iterations: int = 500           # length of the learning-rate / densification schedule
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"           # renderer/voxelizer backend: auto | torch | cpp | cuda
@@ -74,7 +74,11 @@ class EngineConfig:
     init_lattice: int = 24          # fine lattice points per axis over the ROI
     init_iterations: int = 500      # density-only lattice fit iterations (one view each)
     init_image_size: int = 64       # views are downsampled to at most this many pixels per side for the fit
-    n_init: int = 50000             # fine Gaussians sampled from the fitted field
+    n_init: int = 50000             # fine Gaussians sampled from the fitted field (placement "sample")
+    placement: str = "lattice"      # lattice: regular ROI lattice, densities by CG | sample: random, edge-weighted
+    lattice_spacing: float = 2.0    # in output voxels
+    lattice_sigma: float = 0.6      # Gaussian sigma / lattice spacing
+    lattice_cg_iterations: int = 20
     init_threshold: float = 0.05    # sample where the fitted field exceeds this fraction of its max
     # truncation / context
     context: bool = True            # coarse Gaussians outside the ROI (needed for full-body views)
@@ -305,7 +309,12 @@ class ReconstructionEngine:
             field, field_grid_n, ctx = self._lattice_field()
         else:
             raise EngineError(f"unknown init {cfg.init!r}: use 'rtk' or 'lattice'")
-        fine_m, fine_s, fine_d = self._sample_from_field(field, field_grid_n)
+        if cfg.placement == "lattice":
+            fine_m, fine_s, fine_d = self._lattice_from_field(field, field_grid_n)
+        elif cfg.placement == "sample":
+            fine_m, fine_s, fine_d = self._sample_from_field(field, field_grid_n)
+        else:
+            raise EngineError(f"unknown placement {cfg.placement!r}: use 'lattice' or 'sample'")
         parts_m, parts_s, parts_d, parts_g = [fine_m], [fine_s], [fine_d], [torch.zeros(len(fine_m))]
         if cfg.context and ctx is not None and len(ctx[0]):
             parts_m.append(ctx[0])
@@ -403,6 +412,50 @@ class ReconstructionEngine:
             keep_c = (lattice.group == 1) & (lattice.density > cfg.prune_density * 10)
             cm, cs, _, cd = (t[keep_c].detach().cpu() for t in lattice.activated())
         return field.cpu(), field_grid_n, (cm, cs, cd)
+
+    def _lattice_from_field(self, field: torch.Tensor, field_grid_n: Grid):
+        """Isotropic Gaussians on a regular lattice over the field's box (``lattice_spacing_mm``, sigma =
+        ``lattice_sigma`` x spacing, spacing ``lattice_spacing`` output voxels); densities by conjugate gradients on ``|V(rho) - field|^2`` (the voxelizer is
+        linear in the densities). Lattice Gaussians with (almost) no density are dropped."""
+        cfg = self.config
+        lo, hi = field_grid_n.bounds()
+        h = cfg.lattice_spacing * float(self.grid.spacing.max()) / self.frame.scale
+        axes = []
+        for a, b in zip(lo, hi):
+            n = max(1, int(round((b - a) / h)))
+            axes.append(torch.tensor(a + (np.arange(n) + 0.5) * (b - a) / n, dtype=torch.float32))
+        means = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        scales = torch.full((len(means), 3), cfg.lattice_sigma * h)
+        quats = torch.zeros(len(means), 4)
+        quats[:, 0] = 1
+        target = field.flatten().to(torch.float64)
+
+        def fwd(x):
+            return self._voxelize_normalized(means, scales, quats, x.to(torch.float32), field_grid_n
+                                             ).flatten().to(torch.float64)
+
+        def adj(r):
+            x = torch.zeros(len(means), requires_grad=True)
+            (fwd(x) * r).sum().backward()
+            return x.grad.to(torch.float64)
+
+        x = self._sample_volume(field.numpy(), field_grid_n, means.numpy()).astype(np.float64)
+        x = torch.from_numpy(x) * float(target.sum() / fwd(torch.from_numpy(x)).sum().clamp_min(1e-12))
+        r = adj(target - fwd(x))
+        p, rs = r.clone(), float(r @ r)
+        for _ in range(cfg.lattice_cg_iterations):
+            if rs <= 0:
+                break
+            ap = fwd(p)
+            alpha = rs / max(float(ap @ ap), 1e-30)
+            x = x + alpha * p
+            r = r - alpha * adj(ap)
+            rs_new = float(r @ r)
+            p = r + (rs_new / rs) * p
+            rs = rs_new
+        dens = x.to(torch.float32)
+        keep = dens > cfg.prune_density * 10
+        return means[keep], scales[keep], dens[keep]
 
     def _sample_from_field(self, field: torch.Tensor, field_grid_n: Grid):
         """``n_init`` Gaussians where ``field`` exceeds ``init_threshold`` x max, drawn with probability growing
