@@ -331,19 +331,24 @@ def _check_views(views: Sequence[View]) -> list[View]:
     return views
 
 
+FALLBACK_SDD_MM = 10000.0
+
+
 def to_rtk_geometry(views: Sequence[View], T_frame_world: np.ndarray | None = None) -> RTKGeometry:
     """Convert views (optionally re-expressed in another rigid frame) to an RTK geometry.
 
     Uses :meth:`View.detector_vectors` for the detector description (never re-derived here). All views share
-    one pixel pitch: ``pitch_u`` is that of the first view at its nominal ``sdd`` (``meta['sdd']`` or ``fx``) and
-    every view is placed at ``sdd_i = pitch_u * fx_i`` (a pinhole's detector distance is arbitrary).
+    one pixel pitch: ``pitch_u`` is that of the first view at its nominal ``sdd`` and every view is placed at
+    ``sdd_i = pitch_u * fx_i`` (a pinhole's detector distance is arbitrary). Without ``meta['sdd']`` the nominal
+    distance is ``FALLBACK_SDD_MM``: RTK's projectors only integrate between the source and the detector, so the
+    detector must lie beyond the patient (``fx`` in mm, the old fallback, put it inside small test scenes).
     """
     _, rtk = import_rtk()
     views = _check_views(views)
     if T_frame_world is not None:
         views = [v.transformed(T_frame_world) for v in views]
     v0 = views[0]
-    sdd0 = float(v0.meta.get("sdd", v0.K[0, 0]))
+    sdd0 = float(v0.meta.get("sdd", FALLBACK_SDD_MM))
     pitch_u = sdd0 / v0.K[0, 0]
     pitch_v = sdd0 / v0.K[1, 1]
     geom = rtk.ThreeDCircularProjectionGeometry.New()
