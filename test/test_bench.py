@@ -18,9 +18,9 @@ from ixgs_ros.core.reconstruct import select_holdout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-# a tiny configuration: 32^3 ROI at 4 mm, 64^2 detector, a few views, a short ixgs run with few Gaussians
+# a tiny configuration: 32^3 ROI at 4 mm (a 16^3 lattice of Gaussians), 64^2 detector, a few views, a short ixgs run
 TINY = dict(cases=["T12-roi-only-arc160"], detector=64, roi_size=32, roi_spacing=4.0, holdout=2, iterations=20,
-            engine={"n_init": 2000, "init_fit_iterations": 20}, curve_points=4)
+            engine={"lattice_cg_iterations": 10}, curve_points=4)
 
 
 # ------------------------------------------------------------------------------------------ pure functions

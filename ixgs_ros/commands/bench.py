@@ -30,7 +30,7 @@ def add_parser(sub):
     p.add_argument("--rtk-iterations", default=None, metavar="M=N,...",
                    help="RTK iteration overrides, e.g. sart=3,cg=20 (default: rtk_baseline's)")
     p.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
-                   help="further EngineConfig override (repeatable), e.g. --engine n_init=20000")
+                   help="further EngineConfig override (repeatable), e.g. --engine lattice_spacing=1.6")
     g = p.add_argument_group("scans")
     g.add_argument("--detector", type=int, default=None, help="detector pixels per side (default 256)")
     g.add_argument("--roi-size", type=int, default=None, help="ROI voxels per side (default 128)")

@@ -18,8 +18,9 @@ Protocol
   ``ixgs-cuda`` as well when torch sees a GPU). Each method run happens in a fresh Python process, so its
   peak resident memory (``ru_maxrss``) is its own; ITK/RTK's lazy loading is warmed up there before timing.
 * **Metrics** (R2-Gaussian's protocol, :mod:`~ixgs_ros.core.metrics`): 3D PSNR/SSIM of the volume on the
-  ROI grid against ``gt.nii.gz``; 2D PSNR/SSIM of the held-out views (ixgs renders them with its whole model,
-  context Gaussians included; RTK methods forward-project their solution on the solve grid, i.e. with the
+  ROI grid against ``gt.nii.gz``; 2D PSNR/SSIM of the held-out views (ixgs renders them with its whole model
+  plus its exterior: the fixed SART background or the context Gaussians, see the engine's ``context_mode``;
+  with the background, full-body held-out views are dominated by SART's exterior); RTK methods forward-project their solution on the solve grid, i.e. with the
   material outside the ROI that they reconstructed; for FDK that is an extra, untimed FDK on that grid);
   bone surface distance (250 HU iso-surface, mean and HD95, per vertebra,
   :func:`~ixgs_ros.core.accuracy.bone_surface_distance`). ``wall_s`` is the reconstruction itself: for ixgs
@@ -477,7 +478,8 @@ def run_method(job: dict) -> dict:
                     "curve": [{"iteration": int(e["iteration"]), "time_s": float(e["time_s"]),
                                "psnr_3d": float(e["psnr_3d"]), "loss": float(e["loss"]),
                                "num_gaussians": int(e["num_gaussians"])} for e in rep["loss_curve"]],
-                    "holdout_2d_source": "ixgs render of the whole model (context Gaussians included)"})
+                    "holdout_2d_source": "ixgs render of the whole model plus its exterior (the fixed "
+                                         "background or the context Gaussians, per context_mode)"})
     rec["peak_rss_mb"] = peak
     rec["rss_before_mb"] = rss_before
     rec["peak_rss_before_mb"] = peak_before
