@@ -147,21 +147,15 @@ def test_lattice_placement_fits_the_init_volume_on_a_regular_lattice(grid):
     assert err < 0.03 and err < 0.3 * err_sampled, (err, err_sampled)
 
 
-def test_unknown_init_and_placement_are_rejected(grid):
+@pytest.mark.parametrize("key,value,message", [("init", "fdk-magic", "unknown init"),
+                                               ("placement", "spiral", "unknown placement")])
+def test_unknown_init_and_placement_are_rejected(grid, key, value, message):
     views, images = sphere_views(n=2)
-    eng = ReconstructionEngine(grid, small_config(placement="spiral"))
+    eng = ReconstructionEngine(grid, small_config(**{key: value}))
     eng.add_view(views[0], images[0])
-    with pytest.raises(EngineError, match="unknown placement"):
+    with pytest.raises(EngineError, match=message):
         eng.step(1)
     assert eng.model is None and len(eng.views) == 1
-
-
-def test_unknown_init_is_rejected(grid):
-    views, images = sphere_views(n=2)
-    eng = ReconstructionEngine(grid, small_config(init="fdk-magic"))
-    eng.add_view(views[0], images[0])
-    with pytest.raises(EngineError, match="unknown init"):
-        eng.step(1)
 
 
 def test_live_views_holdout_and_resume_is_bit_exact(grid, tmp_path):

@@ -150,13 +150,6 @@ def surface_distance(mesh_a: Mesh, mesh_b: Mesh, n_points: int = 50_000, seed: i
     return distance_stats(_MeshDistance(mesh_b)(pa), _MeshDistance(mesh_a)(pb))
 
 
-def _inside_grid(points, grid: Grid, margin_vox: float) -> np.ndarray:
-    ijk = grid.world_to_index(points)
-    lo = -0.5 + margin_vox
-    hi = np.array(grid.shape) - 0.5 - margin_vox
-    return np.all((ijk >= lo) & (ijk <= hi), axis=1)
-
-
 def crop_to_box(volume, grid: Grid, lo, hi, margin_mm: float = 0.0):
     """The part of ``volume`` covering the world box ``[lo, hi]`` (+ ``margin_mm``): ``(array, Grid)``, or
     ``(None, None)`` if they do not overlap."""
@@ -222,7 +215,7 @@ def bone_surface_distance(recon_mu, recon_grid: Grid, ref_mu, ref_grid: Grid, *,
     pb, _ = sample_surface(mesh_b, n_points, seed=seed + 1)
 
     def in_both(p):
-        return _inside_grid(p, recon_grid, boundary_margin_vox) & _inside_grid(p, ref_grid, boundary_margin_vox)
+        return recon_grid.contains(p, boundary_margin_vox) & ref_grid.contains(p, boundary_margin_vox)
 
     pa, pb = pa[in_both(pa)], pb[in_both(pb)]
     if len(pa) == 0 or len(pb) == 0:

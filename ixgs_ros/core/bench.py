@@ -20,8 +20,9 @@ Protocol
 * **Metrics** (R2-Gaussian's protocol, :mod:`~ixgs_ros.core.metrics`): 3D PSNR/SSIM of the volume on the
   ROI grid against ``gt.nii.gz``; 2D PSNR/SSIM of the held-out views (ixgs renders them with its whole model
   plus its exterior: the fixed SART background or the context Gaussians, see the engine's ``context_mode``;
-  with the background, full-body held-out views are dominated by SART's exterior); RTK methods forward-project their solution on the solve grid, i.e. with the
-  material outside the ROI that they reconstructed; for FDK that is an extra, untimed FDK on that grid);
+  with the background, full-body held-out views are dominated by SART's exterior); RTK methods
+  forward-project their solution on the solve grid, i.e. with the material outside the ROI that they
+  reconstructed; for FDK that is an extra, untimed FDK on that grid);
   bone surface distance (250 HU iso-surface, mean and HD95, per vertebra,
   :func:`~ixgs_ros.core.accuracy.bone_surface_distance`). ``wall_s`` is the reconstruction itself: for ixgs
   initialisation + optimisation + final voxelisation, without the PSNR evaluations of the curve.

@@ -395,11 +395,9 @@ class ReconstructionEngine:
         exterior = bool((margin > 2.0 * self.grid.spacing.max()).any())
         if cfg.context and cfg.context_mode == "background" and exterior:
             # the solution outside the ROI box stays fixed; each view's projection of it is added to the render
-            ijk = self.grid.world_to_index(solve.world_coords().reshape(-1, 3))
-            inside = ((ijk >= -0.5) & (ijk <= np.array(self.grid.shape) - 0.5)).all(1).reshape(solve.shape)
+            # (the views' projections of it are made by _ensure_backgrounds at the start of every step)
+            inside = self.grid.contains(solve.world_coords())
             self._exterior = (np.where(inside, 0.0, sol).astype(np.float32), solve)
-            for vd, bg in zip(self.views, self._backgrounds([vd.view for vd in self.views])):
-                vd.background = bg
         elif cfg.context and cfg.context_mode == "gaussians":
             # coarse lattice over the solve grid's box, outside the ROI box, densities from the solution
             lo, hi = solve.bounds()
@@ -464,9 +462,9 @@ class ReconstructionEngine:
         return field.cpu(), field_grid_n, (cm, cs, cd)
 
     def _lattice_from_field(self, field: torch.Tensor, field_grid_n: Grid):
-        """Isotropic Gaussians on a regular lattice over the field's box (``lattice_spacing_mm``, sigma =
-        ``lattice_sigma`` x spacing, spacing ``lattice_spacing`` output voxels); densities by conjugate gradients on ``|V(rho) - field|^2`` (the voxelizer is
-        linear in the densities). Lattice Gaussians with (almost) no density are dropped."""
+        """Isotropic Gaussians on a regular lattice over the field's box (``lattice_spacing`` output voxels apart,
+        sigma = ``lattice_sigma`` x spacing); densities by conjugate gradients on ``|V(rho) - field|^2`` (the
+        voxelizer is linear in the densities). Lattice Gaussians with (almost) no density are dropped."""
         cfg = self.config
         lo, hi = field_grid_n.bounds()
         h = cfg.lattice_spacing * float(self.grid.spacing.max()) / self.frame.scale

@@ -93,6 +93,12 @@ class Grid:
         Ainv = np.linalg.inv(self.affine)
         return xyz @ Ainv[:3, :3].T + Ainv[:3, 3]
 
+    def contains(self, xyz, margin_vox: float = 0.0) -> np.ndarray:
+        """Whether world points ``[N, 3]`` lie inside the grid's box (voxel edges, not centres), shrunk by
+        ``margin_vox`` voxels on every side (negative: grown)."""
+        ijk = self.world_to_index(xyz)
+        return np.all((ijk >= -0.5 + margin_vox) & (ijk <= np.array(self.shape) - 0.5 - margin_vox), axis=-1)
+
     def world_coords(self) -> np.ndarray:
         """World coordinates of all voxel centres, ``[I, J, K, 3]``."""
         ijk = np.stack(np.meshgrid(*[np.arange(s) for s in self.shape], indexing="ij"), axis=-1)
