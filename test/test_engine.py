@@ -229,3 +229,59 @@ def test_context_explains_tissue_outside_roi(tmp_path):
 def test_context_mode_is_validated():
     with pytest.raises(EngineError, match="context_mode"):
         small_config(context_mode="magic").validate()
+
+
+def _outer_shell(vol):
+    m = np.ones(vol.shape, dtype=bool)
+    m[1:-1, 1:-1, 1:-1] = False
+    return m
+
+
+def test_face_layer_follows_material_that_ends_at_the_roi_box():
+    """ROI-only views (the imaged material is a block filling the ROI, as in `ixgs simulate --mode roi-only`):
+    thin Gaussians on the box faces let the outermost voxel shell follow the step; without them the lattice
+    blurs it. Measured right after initialisation, so only the basis differs."""
+    from ixgs_ros.core.simulate import render_line_integrals
+
+    roi = Grid.centered(12, 2.5, (0, 0, 0))
+    block = np.full(roi.shape, MU, dtype=np.float32)
+    block[3:9, 3:9, 3:9] = 2 * MU                          # some structure inside
+    views = make_views(n=10, size=64, seed=4)
+    proj = render_line_integrals(block, roi, views)          # exact (Siddon) line integrals of the block
+    errs = {}
+    for face in (True, False):
+        eng = ReconstructionEngine(roi, small_config(face_layer=face, iterations=10, densify=False))
+        for v, im in zip(views, proj):
+            eng.add_view(v, im)
+        eng.step(1)
+        assert eng._material_ends_at_roi and eng._exterior is None
+        thin = int((eng.model.scales.min(1).values < 0.5 * eng.model.scales.max(1).values).sum())
+        assert (thin > 0) == face                          # the face Gaussians are the anisotropic ones
+        shell = _outer_shell(block)
+        errs[face] = float(np.sqrt(((eng.volume() - block)[shell] ** 2).mean()))
+    assert errs[True] < 0.7 * errs[False], errs
+
+
+def test_fine_gaussians_overlap_the_exterior_seam():
+    """Full-body views (a solve grid much larger than the ROI): the fine Gaussians cover the ROI grown by
+    ``exterior_overlap`` solve voxels and the fixed exterior starts only there, so the projector's ramp at the
+    seam lies outside the scored ROI."""
+    roi = Grid.centered(16, 2.5, (0, 0, 0))
+    views = make_views(n=10, size=48, seed=2)
+    images = [a + b for a, b in zip(sphere_projection(views, 12.0), sphere_projection(views, 20.0, (40.0, 0, 0)))]
+    eng = ReconstructionEngine(roi, small_config(context=True, context_mode="background", iterations=10))
+    for v, im in zip(views, images):
+        eng.add_view(v, im)
+    eng.step(1)
+    ext, solve = eng._exterior
+    sp = float(solve.spacing.max())
+    lo, hi = roi.bounds()
+    means = eng.frame.to_world_points(eng.model.means.detach().numpy())
+    beyond = np.maximum(lo - means, means - hi).max()
+    assert beyond > 0.5 * eng.config.exterior_overlap * sp   # fine Gaussians past the ROI faces
+    pts = solve.world_coords().reshape(-1, 3)
+    d = np.maximum(lo - pts, pts - hi).max(1)               # > 0: outside the ROI box (Chebyshev distance)
+    e = ext.reshape(-1)
+    assert np.all(e[d <= 0] == 0) and np.all(e[(d > 0) & (d < 0.9 * sp)] == 0)
+    assert e[d > 2.0 * eng.config.exterior_overlap * sp].max() > 0.1 * MU
+    assert eng._material_ends_at_roi is False

@@ -88,11 +88,14 @@ class EngineConfig:
     lattice_spacing: float = 2.0    # in output voxels
     lattice_sigma: float = 0.6      # Gaussian sigma / lattice spacing
     lattice_cg_iterations: int = 20
+    face_layer: bool = True         # thin Gaussians on the ROI box faces when the material ends there (ROI-only)
+    face_sigma: float = 0.35        # their sigma across the face, in output voxels
     init_threshold: float = 0.05    # sample where the fitted field exceeds this fraction of its max
     # truncation / context
     context: bool = True            # explain the material outside the ROI (needed for full-body views)
     context_mode: str = "background"  # background: RTK solution outside the ROI, projected once per view |
                                       # gaussians: coarse Gaussians outside the ROI (always with init="lattice")
+    exterior_overlap: float = 1.5   # fine Gaussians extend this many solve voxels past the ROI (background mode)
     context_extent: float = 3.0     # context box half-size in ROI half-sizes
     context_lattice: int = 12       # context lattice points per axis
     # optimisation
@@ -219,6 +222,7 @@ class ReconstructionEngine:
         self._grad_count = None
         self._last_loss = float("nan")
         self._exterior: tuple[np.ndarray, Grid] | None = None  # mu (1/mm) outside the ROI, on its own grid
+        self._material_ends_at_roi = False  # set by the RTK init: no material outside the ROI (ROI-only views)
 
     # ================================================================= views
     def add_view(self, view: View, image, *, holdout: bool = False) -> int:
@@ -374,8 +378,9 @@ class ReconstructionEngine:
         return views, proj
 
     def _rtk_field(self):
-        """SART (RTK) on a grid holding all material the rays cross; returns the ROI field (normalised units,
-        on the output grid) and coarse context Gaussians sampled from the solution outside the ROI."""
+        """SART (RTK) on a grid holding all material the rays cross; returns the field for the fine Gaussians
+        (normalised units, on the output grid, grown past the ROI in background mode) and, in "gaussians"
+        context mode, coarse context Gaussians sampled from the solution outside the ROI."""
         from . import rtk_baseline as rb
         from .ct import resample
 
@@ -384,21 +389,32 @@ class ReconstructionEngine:
         solve = rb.default_solve_grid(views, self.grid, projections=proj)
         sol, _ = rb.reconstruct((views, proj), solve, "sart", cfg.init_sart_iterations, solve_grid=solve)
         sol = np.maximum(sol, 0)
-        roi = resample(sol, solve, self.grid, order=1) / cfg.mu_ref
-        field = torch.from_numpy(np.ascontiguousarray(roi, dtype=np.float32))
-        field_grid_n = Grid(self.grid.shape, self.frame.affine_to_normalized(self.grid.affine))
-        ctx = None
         # a solve grid that is just the ROI and a thin margin means no material outside the ROI (ROI-only
         # views): the margin then only holds SART's edge artifacts (2.4 % of the projected mass on the ROI-only
         # T12 scan), which a fixed background would keep for good
         margin = np.maximum(self.grid.bounds()[0] - solve.bounds()[0], solve.bounds()[1] - self.grid.bounds()[1])
         exterior = bool((margin > 2.0 * self.grid.spacing.max()).any())
+        self._material_ends_at_roi = not exterior
+        fine_grid = self.grid
         if cfg.context and cfg.context_mode == "background" and exterior:
-            # the solution outside the ROI box stays fixed; each view's projection of it is added to the render
-            # (the views' projections of it are made by _ensure_backgrounds at the start of every step)
-            inside = self.grid.contains(solve.world_coords())
+            # the solution outside the fine box stays fixed; each view's projection of it is added to the render
+            # (the views' projections of it are made by _ensure_backgrounds at the start of every step). The fine
+            # Gaussians cover the ROI grown by exterior_overlap solve voxels: the projector interpolates the
+            # exterior across one solve voxel at the seam, and the seam must lie where Gaussians can fill it, not
+            # on the scored ROI faces (measured on the full-body T12 scan with the seam on the faces: the outer
+            # voxel shell's squared error grew 4x during optimisation). The overlap never takes the last two solve
+            # voxels of the thinnest margin: a solve grid barely larger than the ROI keeps its exterior shell.
+            sp, gs = float(solve.spacing.max()), float(self.grid.spacing.min())
+            pad = min(math.ceil(cfg.exterior_overlap * sp / gs - 1e-6),
+                      math.floor(max(0.0, float(margin.min()) - 2.0 * sp) / gs + 1e-6))
+            fine_grid = rb.pad_grid(self.grid, pad)
+            inside = fine_grid.contains(solve.world_coords())
             self._exterior = (np.where(inside, 0.0, sol).astype(np.float32), solve)
-        elif cfg.context and cfg.context_mode == "gaussians":
+        roi = resample(sol, solve, fine_grid, order=1) / cfg.mu_ref
+        field = torch.from_numpy(np.ascontiguousarray(roi, dtype=np.float32))
+        field_grid_n = Grid(fine_grid.shape, self.frame.affine_to_normalized(fine_grid.affine))
+        ctx = None
+        if cfg.context and cfg.context_mode == "gaussians":
             # coarse lattice over the solve grid's box, outside the ROI box, densities from the solution
             lo, hi = solve.bounds()
             h = max(float((hi - lo).max()) / cfg.context_lattice, 2.0 * float(self.grid.spacing.max()))
@@ -474,6 +490,9 @@ class ReconstructionEngine:
             axes.append(torch.tensor(a + (np.arange(n) + 0.5) * (b - a) / n, dtype=torch.float32))
         means = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
         scales = torch.full((len(means), 3), cfg.lattice_sigma * h)
+        if cfg.face_layer and self._material_ends_at_roi:
+            fm, fs = self._face_layer(lo, hi, axes, cfg.lattice_sigma * h)
+            means, scales = torch.cat([means, fm]), torch.cat([scales, fs])
         quats = torch.zeros(len(means), 4)
         quats[:, 0] = 1
         target = field.flatten().to(torch.float64)
@@ -504,6 +523,30 @@ class ReconstructionEngine:
         dens = x.to(torch.float32)
         keep = dens > cfg.prune_density * 10
         return means[keep], scales[keep], dens[keep]
+
+    def _face_layer(self, lo, hi, axes, sigma_t: float):
+        """Gaussians half a voxel inside each face of the box ``[lo, hi]`` (normalised frame), on the lattice's
+        tangential axes, ``face_sigma`` voxels thin across the face and ``sigma_t`` wide along it.
+
+        The lattice's own Gaussians blur a face over ~1 voxel, but where the imaged material ends at the box
+        (ROI-only views) or meets the fixed exterior background (full-body views) the outermost voxel shell must
+        follow a step. Measured on the ROI-only T12 scan (25 views, no face layer): the outermost shell (4.6 % of
+        the voxels) held 44 % of the squared error, its values 0.10 x the ground-truth maximum too low."""
+        vox = float(self.grid.spacing.max()) / self.frame.scale
+        sig_n = self.config.face_sigma * vox
+        means, scales = [], []
+        for a in range(3):
+            t1, t2 = [b for b in range(3) if b != a]
+            for pos in (float(lo[a]) + 0.5 * vox, float(hi[a]) - 0.5 * vox):
+                g1, g2 = torch.meshgrid(axes[t1], axes[t2], indexing="ij")
+                m = torch.empty(g1.numel(), 3)
+                m[:, a] = pos
+                m[:, t1], m[:, t2] = g1.reshape(-1), g2.reshape(-1)
+                sc = torch.full((len(m), 3), sigma_t)
+                sc[:, a] = sig_n
+                means.append(m)
+                scales.append(sc)
+        return torch.cat(means), torch.cat(scales)
 
     def _sample_from_field(self, field: torch.Tensor, field_grid_n: Grid):
         """``n_init`` Gaussians where ``field`` exceeds ``init_threshold`` x max, drawn with probability growing
