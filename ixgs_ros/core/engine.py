@@ -22,10 +22,14 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
    its sum is noisy. ``placement="sample"`` keeps the older scheme: ``n_init`` Gaussians drawn where the
    volume exceeds a fraction of its maximum, with probability growing with its value and gradient, scales
    from nearest-neighbour distances, densities and scales fitted in 3D on random sub-blocks.
+   When the views show that all material lies inside the ROI box (ROI-only scans), thin Gaussians on the box
+   faces (``face_layer``) let the outermost voxel shell follow the step where the material ends.
 2. *Truncation.* Full-body rays cross tissue outside the ROI, and the body can be wider than the detector.
    Default (``context_mode="background"``): the SART solution outside the ROI box stays fixed and its
    projection (RTK's Joseph projector, computed once per view, also for views added later) is added to every
-   rendered view, so the ROI Gaussians only explain what the exterior does not. Measured on the full-body T12
+   rendered view, so the ROI Gaussians only explain what the exterior does not. The fine Gaussians extend
+   ``exterior_overlap`` solve voxels past the ROI and the exterior starts only there, so the seam between the
+   two (which the projector blurs over one solve voxel) is not on the scored ROI faces. Measured on the full-body T12
    scan: with coarse context Gaussians instead (``context_mode="gaussians"``, group 1, never densified; also
    what ``init="lattice"`` uses) the ROI Gaussians absorbed the unexplained exterior mass and the 3D PSNR fell
    during optimisation.
