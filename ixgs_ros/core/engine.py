@@ -11,8 +11,9 @@ Designed to be driven live (by the ROS reconstruction node) as well as from file
 Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses and truncated views):
 
 1. *Initialisation valid for sparse, non-circular views.* R²-Gaussian samples its first Gaussians from an FDK
-   volume, but FDK assumes a circular orbit. ixgs starts from a few SART iterations (RTK, which takes any
-   per-view geometry) solved on a grid that holds all material the rays cross (``init="rtk"``, default), or
+   volume, but FDK assumes a circular orbit. ixgs starts from SART passes (RTK, which takes any per-view
+   geometry), each followed by 3D TV denoising (``init_tv_weight``; T12, 25 views: +0.8 to +1.2 dB over plain
+   SART), solved on a grid that holds all material the rays cross (``init="rtk"``, default), or
    — without RTK — from a density-only fit of a lattice of isotropic Gaussians to the views
    (``init="lattice"``). The fine Gaussians are placed on a regular lattice over the ROI
    (``placement="lattice"``, default: ``lattice_spacing`` output voxels apart, sigma ``lattice_sigma`` x the
@@ -385,7 +386,8 @@ class ReconstructionEngine:
         return views, proj
 
     def _rtk_field(self):
-        """SART (RTK) on a grid holding all material the rays cross; returns the field for the fine Gaussians
+        """SART (RTK; with TV denoising between passes unless ``init_tv_weight`` is 0) on a grid holding all
+        material the rays cross; returns the field for the fine Gaussians
         (normalised units, on the output grid, grown past the ROI in background mode) and, in "gaussians"
         context mode, coarse context Gaussians sampled from the solution outside the ROI."""
         from . import rtk_baseline as rb
@@ -539,9 +541,9 @@ class ReconstructionEngine:
         tangential axes, ``face_sigma`` voxels thin across the face and ``sigma_t`` wide along it.
 
         The lattice's own Gaussians blur a face over ~1 voxel, but where the imaged material ends at the box
-        (ROI-only views) or meets the fixed exterior background (full-body views) the outermost voxel shell must
-        follow a step. Measured on the ROI-only T12 scan (25 views, no face layer): the outermost shell (4.6 % of
-        the voxels) held 44 % of the squared error, its values 0.10 x the ground-truth maximum too low."""
+        (ROI-only views) the outermost voxel shell must follow a step. Measured on the ROI-only T12 scan (25
+        views, without the face layer): the outermost shell (4.6 % of the voxels) held 44 % of the squared error,
+        its values 0.10 x the ground-truth maximum too low; with it, 28.70 -> 29.52 dB at 300 iterations."""
         vox = float(self.grid.spacing.max()) / self.frame.scale
         sig_n = self.config.face_sigma * vox
         means, scales = [], []
