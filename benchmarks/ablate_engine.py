@@ -6,7 +6,8 @@ found), next to plain RTK SART on the same training views.
            [--engine KEY=VALUE ...] [--sart-passes 8] [--json OUT.json]
 
 ``SCAN_DIR`` is a scan simulated by ``ixgs bench`` (it holds ``bench_scan.json`` and ``gt.nii.gz``), e.g.
-``bench_out/scans/T12-roi-only-arc160-28v-256px-128x1mm-siddon-s0``. The training views are exactly those
+``bench_out/scans/T12-roi-only-arc160-28v-256px-128x1mm-siddon-s0`` (the 28-view scan of a `--views 25` bench;
+`--views 10,50` simulates a 53-view scan). The training views are exactly those
 ``ixgs bench`` uses for ``--views`` (3 held out). Prints a table and, with ``--json``, writes the numbers.
 Quality numbers only: run nothing else beside it if you read the times.
 """
