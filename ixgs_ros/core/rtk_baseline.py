@@ -614,6 +614,23 @@ def fdk(views: Sequence[View], projections: np.ndarray, grid: Grid, hann: float 
                  "arc_weighting": bool(arc_weights and not np.allclose(f, 1.0))}
 
 
+def _sart_filter(g: RTKGeometry, proj, vol0, iterations: int, subset_size: int, lam: float, positivity: bool):
+    """RTK's SART filter from ``vol0`` (``subset_size`` views per subset; ``g.n`` = SIRT), displaced-detector
+    weighting off (it assumes a circular scan)."""
+    _, rtk = import_rtk()
+    IT = _image_type()
+    f = rtk.SARTConeBeamReconstructionFilter[IT, IT].New()
+    f.SetInput(0, vol0)
+    f.SetInput(1, proj)
+    f.SetGeometry(g.geometry)
+    f.SetNumberOfIterations(int(iterations))
+    f.SetNumberOfProjectionsPerSubset(max(1, min(int(subset_size), g.n)))
+    f.SetLambda(float(lam))
+    f.SetEnforcePositivity(bool(positivity))
+    f.SetDisableDisplacedDetectorFilter(True)
+    return f
+
+
 def _run_iterative(method: str, g: RTKGeometry, projections, frame: CanonicalFrame, iterations: int,
                    lam: float | None = None, subset_size: int | None = None, positivity: bool = True):
     """SART/SIRT/CG from a zero volume on ``frame`` (fresh inputs; the displaced-detector weighting, which
@@ -623,16 +640,9 @@ def _run_iterative(method: str, g: RTKGeometry, projections, frame: CanonicalFra
     vol0 = _constant_image(frame.shape, frame.spacing)
     proj = g.stack_image(projections)
     if method in ("sart", "sirt"):
-        f = rtk.SARTConeBeamReconstructionFilter[IT, IT].New()
-        f.SetInput(0, vol0)
-        f.SetInput(1, proj)
-        f.SetGeometry(g.geometry)
-        f.SetNumberOfIterations(int(iterations))
         n_sub = g.n if method == "sirt" else int(subset_size or 1)
-        f.SetNumberOfProjectionsPerSubset(max(1, min(n_sub, g.n)))
-        f.SetLambda(float(lam if lam is not None else DEFAULT_LAMBDA[method]))
-        f.SetEnforcePositivity(bool(positivity))
-        f.SetDisableDisplacedDetectorFilter(True)
+        f = _sart_filter(g, proj, vol0, iterations, n_sub, lam if lam is not None else DEFAULT_LAMBDA[method],
+                         positivity)
     elif method == "cg":
         f = rtk.ConjugateGradientConeBeamReconstructionFilter[IT].New()
         f.SetInput(0, vol0)
@@ -661,24 +671,15 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     """
     from skimage.restoration import denoise_tv_chambolle
 
-    _, rtk = import_rtk()
     views = _check_views(views)
     set_threads(threads)
-    IT = _image_type()
     frame = canonical_frame(solve_grid)
     g = to_rtk_geometry(views, frame.T_frame_world)
     proj = g.stack_image(projections)
+    lam = lam if lam is not None else DEFAULT_LAMBDA["sart"]
     x = np.zeros(frame.shape, dtype=np.float32)  # frame array
     for _ in range(int(passes)):
-        f = rtk.SARTConeBeamReconstructionFilter[IT, IT].New()
-        f.SetInput(0, _np_to_image(x, frame.spacing))
-        f.SetInput(1, proj)
-        f.SetGeometry(g.geometry)
-        f.SetNumberOfIterations(1)
-        f.SetNumberOfProjectionsPerSubset(1)
-        f.SetLambda(float(lam if lam is not None else DEFAULT_LAMBDA["sart"]))
-        f.SetEnforcePositivity(True)
-        f.SetDisableDisplacedDetectorFilter(True)
+        f = _sart_filter(g, proj, _np_to_image(x, frame.spacing), 1, 1, lam, True)
         f.Update()
         x = _image_to_np(f.GetOutput())
         if tv_weight > 0:
