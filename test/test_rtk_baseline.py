@@ -272,3 +272,42 @@ def test_sart_tv_is_sart_without_tv_and_smoother_with_it():
     assert total_variation(tv) < 0.9 * total_variation(plain)
     on_grid = [rb.resample_volume(v, solve, grid) for v in (plain, tv)]
     assert M.psnr_3d(on_grid[1], gt) > M.psnr_3d(on_grid[0], gt) + 0.3, [M.psnr_3d(v, gt) for v in on_grid]
+
+
+def test_sart_tv_weight_schedule_decays_geometrically_and_rejects_bad_weights():
+    """A final weight equal to the first is the constant schedule; a decaying schedule smooths less than its
+    first weight held constant but more than plain SART; weights that are negative, or zero at one end only,
+    are refused by name."""
+    views, proj, _ = _scan("random-arc", 10, width=48)
+    grid = Grid.centered(32, 3.0, CENTER)
+    solve = rb.default_solve_grid(views, grid, projections=proj)
+
+    def total_variation(v):
+        return sum(float(np.abs(np.diff(v, axis=a)).sum()) for a in range(3))
+
+    const = rb.sart_tv(views, proj, solve, 4, 0.08)
+    assert np.array_equal(rb.sart_tv(views, proj, solve, 4, 0.08, tv_weight_final=0.08), const)
+    decay = rb.sart_tv(views, proj, solve, 4, 0.08, tv_weight_final=0.002)
+    plain = rb.sart_tv(views, proj, solve, 4, 0.0)
+    assert total_variation(const) < total_variation(decay) < total_variation(plain)
+    for w0, w1 in ((0.02, 0.0), (0.0, 0.02), (-0.01, None), (0.02, -0.01)):
+        with pytest.raises(ValueError, match="tv_weight"):
+            rb.sart_tv(views, proj, solve, 2, w0, tv_weight_final=w1)
+
+
+def test_sart_tv_support_zeroes_outside_the_box_and_restores_the_roi_faces(roi_only_scan):
+    """ROI-only views: the solve grid is the ROI grown by one voxel. Without a support SART leaves part of the
+    faces' material in that extra layer; with ``support=ROI`` the layer is zero after every pass and the ROI
+    (faces included) is closer to the truth."""
+    scan, gt, grid = roi_only_scan
+    solve = rb.default_solve_grid(scan.views, grid, projections=scan.projections)
+    assert solve.shape == tuple(s + 2 for s in grid.shape)
+    free = rb.sart_tv(scan.views, scan.projections, solve, 4, 0.0)
+    held = rb.sart_tv(scan.views, scan.projections, solve, 4, 0.0, support=grid)
+    outside = ~grid.contains(solve.world_coords())
+    assert outside.sum() == np.prod(solve.shape) - np.prod(grid.shape)
+    assert np.all(held[outside] == 0) and float(np.abs(free[outside]).max()) > 0.05 * float(gt.max())
+    inner = (slice(1, -1),) * 3
+    assert np.array_equal(held[~outside].reshape(grid.shape), held[inner])
+    assert M.psnr_3d(held[inner], gt) > M.psnr_3d(free[inner], gt) + 0.5, \
+        [M.psnr_3d(v[inner], gt) for v in (free, held)]
