@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
 
-    from ixgs_ros.commands.bench import _parse_engine
+    from ixgs_ros.commands.bench import parse_engine_overrides
     from ixgs_ros.commands.reconstruct import load_engine_config
     from ixgs_ros.core import rtk_baseline as rb
     from ixgs_ros.core.bench import training_subset
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     train, _ = training_subset(primary, a.views, a.holdout, 0)
     views = [scan.views[i] for i in train]
     proj = np.stack([scan.projections[i] for i in train])
-    overrides = _parse_engine(a.engine)
+    overrides = parse_engine_overrides(a.engine)
     cfg = load_engine_config(None, iterations=a.iterations, **overrides)
     rows = []
     sart, _ = rb.reconstruct((views, proj), grid, "sart", a.sart_passes)

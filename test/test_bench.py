@@ -204,3 +204,14 @@ def test_cli_quick(tmp_path):
     assert all("error" not in r for r in res["records"])
     assert (out / "results.md").exists() and "| T12-roi-only-arc160 | 8 | ixgs |" in proc.stdout
     assert res["command"].startswith("ixgs bench") and "--quick" in res["command"]
+
+
+def test_engine_overrides_parse_json_values_and_keep_other_strings():
+    from ixgs_ros.commands.bench import parse_engine_overrides
+
+    got = parse_engine_overrides(["lr_means=5e-5", "face_layer=false", "init_tv_weight_final=null",
+                                  "context_mode=gaussians", " iterations = 40"])
+    assert got == {"lr_means": 5e-5, "face_layer": False, "init_tv_weight_final": None,
+                   "context_mode": "gaussians", "iterations": 40}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_engine_overrides(["novalue"])

@@ -54,7 +54,9 @@ def add_parser(sub):
     return p
 
 
-def _parse_engine(items) -> dict:
+def parse_engine_overrides(items) -> dict:
+    """``--engine KEY=VALUE`` items as EngineConfig overrides (values parsed as JSON, else kept as strings);
+    also used by ``benchmarks/ablate_engine.py``."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -94,7 +96,7 @@ def config_from_args(args):
         "threads": args.threads, "curve_points": args.curve_points,
     }
     opts = {k: v for k, v in opts.items() if v is not None}
-    opts.update(engine=_parse_engine(args.engine), rtk_iterations=_parse_rtk_iterations(args.rtk_iterations),
+    opts.update(engine=parse_engine_overrides(args.engine), rtk_iterations=_parse_rtk_iterations(args.rtk_iterations),
                 surface=not args.no_surface, isolate=not args.no_isolate, save_volumes=args.save_volumes,
                 command=_command_line())
     if args.quick:
