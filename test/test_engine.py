@@ -55,8 +55,8 @@ def small_config(**kw):
     # squeezed into 3 passes over a 24³ sphere flattens it (core mean 25 % low). R²-Gaussian's position and
     # scale rates: the defaults' smaller ones suit a 24-pass TV-SART start, not this rough 3-pass one.
     base = dict(iterations=120, init_sart_iterations=3, init_tv_weight=0.01, init_tv_weight_final=None,
-                lr_means=2e-4, lr_scales=5e-3, densify=True, views_per_step=1, lr_density=1e-2, init_lattice=8, init_iterations=300, init_image_size=32, n_init=600,
-                init_fit_iterations=100, init_fit_block=16,
+                lr_means=2e-4, lr_scales=5e-3, densify=True, views_per_step=1, lr_density=1e-2, init_lattice=8,
+                init_iterations=300, init_image_size=32, n_init=600, init_fit_iterations=100, init_fit_block=16,
                 context=False, densify_from=60, densify_interval=40, tv_size=8, max_gaussians=2000, seed=3)
     base.update(kw)
     return EngineConfig(**base)

@@ -76,8 +76,9 @@ class EngineError(ValueError):
 
 @dataclass
 class EngineConfig:
-    """Reconstruction parameters. Learning rates follow R²-Gaussian (positions 2e-4, density 1e-2, scale 5e-3,
-    rotation 1e-3, decaying to ``lr_final_factor`` x) in the normalised frame."""
+    """Reconstruction parameters. Learning rates are R²-Gaussian's kind (per parameter group, in the normalised
+    frame, decaying exponentially to ``lr_final_factor`` x), smaller for positions, density and scales because
+    the TV-SART init is much closer to the answer than R²-Gaussian's FDK start (see ``lr_means``)."""
 
     iterations: int = 150           # length of the learning-rate schedule (T12 25 views, from the init below:
                                     # full-body 26.89 dB at 100, 26.92 at 150; ROI-only 31.24 / 31.20)

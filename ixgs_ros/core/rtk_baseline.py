@@ -668,8 +668,8 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     adaptive TV step of ASD-POCS does. ``support`` (a :class:`Grid`) is a box known to hold all the material
     (e.g. when :func:`material_inside` says so): after every pass the voxels whose centres lie outside it are
     set to zero. On an ROI-only scan the solve grid is the ROI grown by one voxel, and without that constraint
-    SART puts the ROI faces' material partly into the extra voxel layer (faces 0.04-0.08 x max too low). Returns the
-    volume on ``solve_grid`` (float32, 1/mm). ``tv_weight=0`` is plain SART.
+    SART puts the ROI faces' material partly into the extra voxel layer (faces 0.04-0.08 x max too low).
+    Returns the volume on ``solve_grid`` (float32, 1/mm). ``tv_weight=0`` is plain SART.
 
     Not one of RTK's methods (so not a baseline of :func:`reconstruct`): the reconstruction engine starts from
     it. Measured on the ``ixgs bench`` T12 scans (25 views, 3D PSNR over the ROI): ROI-only SART-8 29.07 dB,
