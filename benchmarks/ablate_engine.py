@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from ixgs_ros.commands.bench import parse_engine_overrides
     from ixgs_ros.commands.reconstruct import load_engine_config
     from ixgs_ros.core import rtk_baseline as rb
-    from ixgs_ros.core.bench import training_subset
+    from ixgs_ros.core.bench import primary_angles, training_subset
     from ixgs_ros.core.engine import ReconstructionEngine
     from ixgs_ros.core.reconstruct import choose_grid
     from ixgs_ros.core.scan import Scan
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
     scan = Scan.load(d)
     grid = choose_grid(scan)
     gt, _ = load_nifti(d / "gt.nii.gz")
-    primary = [float(v.meta.get("trajectory", {}).get("primary_deg", k)) for k, v in enumerate(scan.views)]
-    train, _ = training_subset(primary, a.views, a.holdout, 0)
+    train, _ = training_subset(primary_angles(scan), a.views, a.holdout, 0)
     views = [scan.views[i] for i in train]
     proj = np.stack([scan.projections[i] for i in train])
     overrides = parse_engine_overrides(a.engine)

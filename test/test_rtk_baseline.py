@@ -311,3 +311,12 @@ def test_sart_tv_support_zeroes_outside_the_box_and_restores_the_roi_faces(roi_o
     assert np.array_equal(held[~outside].reshape(grid.shape), held[inner])
     assert M.psnr_3d(held[inner], gt) > M.psnr_3d(free[inner], gt) + 0.5, \
         [M.psnr_3d(v[inner], gt) for v in (free, held)]
+
+
+def test_tv_schedule_is_constant_or_geometric_from_first_to_last_weight():
+    assert rb.tv_schedule(3, 0.02) == [0.02] * 3 == rb.tv_schedule(3, 0.02, 0.02)
+    assert rb.tv_schedule(4, 0.0, 0.0) == [0.0] * 4
+    w = rb.tv_schedule(3, 0.04, 0.01)
+    assert w[0] == pytest.approx(0.04) and w[1] == pytest.approx(0.02) and w[2] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="zero at both ends"):
+        rb.tv_schedule(3, 0.02, 0.0)

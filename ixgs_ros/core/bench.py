@@ -50,7 +50,7 @@ import numpy as np
 
 __all__ = ["BenchCase", "BenchConfig", "CASES", "DEFAULT_CASES", "RTK_METHODS", "IXGS_METHODS", "METHODS",
            "RESULTS_SCHEMA", "quick_config", "select_cases", "parse_views", "parse_methods", "machine_info",
-           "training_subset", "run_bench", "write_markdown"]
+           "primary_angles", "training_subset", "run_bench", "write_markdown"]
 
 RESULTS_SCHEMA = "ixgs-bench/1"
 RTK_METHODS = ("fdk", "sart", "cg", "sirt")
@@ -322,6 +322,12 @@ def ensure_scan(case: BenchCase, n_total: int, cfg: BenchConfig, cache: Path, sa
     stamp_path.write_text(json.dumps(stamp, indent=1))
     say(f"[bench] simulated {case.name} in {time.perf_counter() - t0:.0f} s")
     return d, False
+
+
+def primary_angles(scan) -> list[float]:
+    """Each view's C-arm primary angle (degrees) as the simulated trajectory recorded it; a view without one
+    counts by its index."""
+    return [float(v.meta.get("trajectory", {}).get("primary_deg", k)) for k, v in enumerate(scan.views)]
 
 
 def training_subset(primary_deg, n_train: int, holdout: int, seed: int) -> tuple[list[int], list[int]]:
@@ -606,7 +612,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         full = Scan.load(scan_dir)
         gt, grid = load_nifti(scan_dir / "gt.nii.gz")
         labels = np.rint(load_nifti(scan_dir / "labels.nii.gz")[0]).astype(np.int16)
-        primary = [float(v.meta.get("trajectory", {}).get("primary_deg", k)) for k, v in enumerate(full.views)]
+        primary = primary_angles(full)
         sim = full.extra.get("simulation", {})
         from .metrics import psnr_3d
 

@@ -151,12 +151,14 @@ class EngineConfig:
             raise EngineError(f"iterations must be >= 1, got {self.iterations}")
         if self.n_init < 1 or self.init_lattice < 2:
             raise EngineError("n_init must be >= 1 and init_lattice >= 2")
-        final = self.init_tv_weight if self.init_tv_weight_final is None else self.init_tv_weight_final
-        if self.init_tv_weight < 0 or final < 0 or (self.init_tv_weight == 0) != (final == 0):
-            raise EngineError(f"init_tv_weight and init_tv_weight_final must be >= 0, and zero together or not at "
-                              f"all; got {self.init_tv_weight}, {self.init_tv_weight_final}")
         if self.init_sart_iterations < 1:
             raise EngineError(f"init_sart_iterations must be >= 1, got {self.init_sart_iterations}")
+        from .rtk_baseline import tv_schedule
+
+        try:
+            tv_schedule(self.init_sart_iterations, self.init_tv_weight, self.init_tv_weight_final)
+        except ValueError as e:
+            raise EngineError(f"init_tv_weight / init_tv_weight_final: {e}") from None
         if self.context_mode not in ("background", "gaussians"):
             raise EngineError(f"context_mode must be 'background' or 'gaussians', got {self.context_mode!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

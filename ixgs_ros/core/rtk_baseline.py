@@ -75,6 +75,7 @@ __all__ = [
     "back_project",
     "reconstruct",
     "sart_tv",
+    "tv_schedule",
     "default_solve_grid",
     "pad_grid",
     "material_inside",
@@ -657,6 +658,19 @@ def _run_iterative(method: str, g: RTKGeometry, projections, frame: CanonicalFra
     return _image_to_np(f.GetOutput())
 
 
+def tv_schedule(passes: int, tv_weight: float, tv_weight_final: float | None = None) -> list[float]:
+    """The TV weight of each of :func:`sart_tv`'s ``passes``: constant ``tv_weight``, or decaying geometrically
+    from it to ``tv_weight_final``. ValueError for a negative weight, or one that is zero at one end only."""
+    final = tv_weight if tv_weight_final is None else tv_weight_final
+    if tv_weight < 0 or final < 0 or (tv_weight == 0) != (final == 0):
+        raise ValueError(f"TV weights must be >= 0, and zero at both ends or at neither "
+                         f"(tv_weight={tv_weight}, tv_weight_final={tv_weight_final})")
+    passes = int(passes)
+    if final == tv_weight or passes < 2:
+        return [float(tv_weight)] * passes
+    return [float(w) for w in np.geomspace(tv_weight, final, passes)]
+
+
 def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, passes: int, tv_weight: float, *,
             tv_weight_final: float | None = None, support: Grid | None = None, lam: float | None = None,
             tv_iterations: int = 20, threads: int | None = None) -> np.ndarray:
@@ -685,17 +699,8 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     g = to_rtk_geometry(views, frame.T_frame_world)
     proj = g.stack_image(projections)
     lam = lam if lam is not None else DEFAULT_LAMBDA["sart"]
-    passes = int(passes)
-    final = tv_weight if tv_weight_final is None else tv_weight_final
-    if tv_weight < 0 or final < 0 or (tv_weight == 0) != (final == 0):
-        raise ValueError(f"sart_tv: TV weights must be >= 0, and zero at both ends or at neither "
-                         f"(tv_weight={tv_weight}, tv_weight_final={tv_weight_final})")
-    if tv_weight_final is None or tv_weight == 0 or passes < 2:
-        weights = [float(tv_weight)] * passes
-    else:
-        weights = [float(w) for w in np.geomspace(tv_weight, tv_weight_final, passes)]
-    outside = None if support is None else frame.to_frame_array(~support.contains(solve_grid.world_coords())
-                                                                   .reshape(solve_grid.shape))
+    weights = tv_schedule(passes, tv_weight, tv_weight_final)
+    outside = None if support is None else frame.to_frame_array(~support.contains(solve_grid.world_coords()))
     x = np.zeros(frame.shape, dtype=np.float32)  # frame array
     for w in weights:
         f = _sart_filter(g, proj, _np_to_image(x, frame.spacing), 1, 1, lam, True)
