@@ -28,7 +28,10 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
    volume exceeds a fraction of its maximum, with probability growing with its value and gradient, scales
    from nearest-neighbour distances, densities and scales fitted in 3D on random sub-blocks.
    When the views show that all material lies inside the ROI box (ROI-only scans), thin Gaussians on the box
-   faces (``face_layer``) let the outermost voxel shell follow the step where the material ends.
+   faces (``face_layer``) let the outermost voxel shell follow the step where the material ends, and each
+   Gaussian is rendered with its mass inside the box only (``clip_to_roi``), as the voxelised volume ends there
+   too (T12 ROI-only, 25 views: 31.82 dB instead of 31.20; unclipped, the optimiser thinned the faces to remove
+   the line integral of the tails past them).
 2. *Truncation.* Full-body rays cross tissue outside the ROI, and the body can be wider than the detector.
    Default (``context_mode="background"``): the SART solution outside the ROI box stays fixed and its
    projection (RTK's Joseph projector, computed once per view, also for views added later) is added to every
@@ -102,11 +105,16 @@ class EngineConfig:
     init_image_size: int = 64       # views are downsampled to at most this many pixels per side for the fit
     n_init: int = 50000             # fine Gaussians sampled from the fitted field (placement "sample")
     placement: str = "lattice"      # lattice: regular ROI lattice, densities by CG | sample: random, edge-weighted
-    lattice_spacing: float = 2.0    # in output voxels
+    lattice_spacing: float | None = None  # in output voxels; None: 1.5 when the init volume was solved at the
+                                    # output spacing (ROI-only views), else 2.0 (a full-body init is solved on a
+                                    # coarser grid). T12 25 views, 1.5 vs 2.0: ROI-only 32.49 vs 31.82 dB,
+                                    # full-body 26.75 vs 26.92 (and 2.4x the Gaussians)
     lattice_sigma: float = 0.6      # Gaussian sigma / lattice spacing
     lattice_cg_iterations: int = 20
     face_layer: bool = True         # thin Gaussians on the ROI box faces when the material ends there (ROI-only)
     face_sigma: float = 0.35        # their sigma across the face, in output voxels
+    clip_to_roi: bool = True        # when the material ends at the ROI box: render each Gaussian with its mass
+                                    # inside the box only (see _inside_fraction)
     init_threshold: float = 0.05    # sample where the fitted field exceeds this fraction of its max
     # truncation / context
     context: bool = True            # explain the material outside the ROI (needed for full-body views)
@@ -149,6 +157,8 @@ class EngineConfig:
     def validate(self):
         if self.iterations < 1:
             raise EngineError(f"iterations must be >= 1, got {self.iterations}")
+        if self.lattice_spacing is not None and not self.lattice_spacing > 0:
+            raise EngineError(f"lattice_spacing must be > 0 (or None for the default), got {self.lattice_spacing}")
         if self.n_init < 1 or self.init_lattice < 2:
             raise EngineError("n_init must be >= 1 and init_lattice >= 2")
         if self.init_sart_iterations < 1:
@@ -251,6 +261,7 @@ class ReconstructionEngine:
         self._last_loss = float("nan")
         self._exterior: tuple[np.ndarray, Grid] | None = None  # mu (1/mm) outside the ROI, on its own grid
         self._material_ends_at_roi = False  # set by the RTK init: no material outside the ROI (ROI-only views)
+        self._init_spacing: float | None = None  # voxel size (mm) of the RTK init's solve grid
 
     # ================================================================= views
     def add_view(self, view: View, image, *, holdout: bool = False) -> int:
@@ -310,8 +321,22 @@ class ReconstructionEngine:
     def _render(self, K, T, h, w, model=None):
         m = model or self.model
         means, scales, quats, dens = m.activated()
+        if self.config.clip_to_roi and self._material_ends_at_roi:
+            dens = dens * self._inside_fraction(means, scales, quats)
         return gr.render(means, scales, quats, dens, K, T, w, h, eps2d=self.config.eps2d,
                          backend=self.config.backend)
+
+    def _inside_fraction(self, means, scales, quats) -> torch.Tensor:
+        """Each Gaussian's share of its mass inside the ROI box: the product over the axes of its marginal's mass
+        between the box faces (exact for axis-aligned Gaussians). When the views show that the material ends at
+        the ROI box, the renderer integrates the Gaussians that straddle a face only up to it, as the
+        voxelised volume does; unclipped, their tails past the faces add line integral that the data do not
+        have, and the optimiser lowers the densities next to the faces to remove it."""
+        lo, hi = (torch.tensor(b, dtype=means.dtype, device=means.device) for b in
+                  Grid(self.grid.shape, self.frame.affine_to_normalized(self.grid.affine)).bounds())
+        R = gr.quat_to_rotmat(quats)
+        sd = ((R * scales[:, None, :]) ** 2).sum(-1).clamp_min(1e-20).sqrt() * math.sqrt(2.0)  # sqrt(2 Sigma_aa)
+        return (0.5 * (torch.erf((hi - means) / sd) - torch.erf((lo - means) / sd))).prod(1)
 
     def _backgrounds(self, views: list[View]) -> list[torch.Tensor | None]:
         """Normalised line integrals of the exterior material (``context_mode="background"``) for ``views``."""
@@ -426,6 +451,7 @@ class ReconstructionEngine:
         sol = rb.sart_tv(views, proj, solve, cfg.init_sart_iterations, cfg.init_tv_weight,
                          tv_weight_final=cfg.init_tv_weight_final, support=support)
         sol = np.maximum(sol, 0)
+        self._init_spacing = float(solve.spacing.max())
         fine_grid = self.grid
         if cfg.context and cfg.context_mode == "background" and exterior:
             # the solution outside the fine box stays fixed; each view's projection of it is added to the render
@@ -514,7 +540,7 @@ class ReconstructionEngine:
         voxelizer is linear in the densities). Lattice Gaussians with (almost) no density are dropped."""
         cfg = self.config
         lo, hi = field_grid_n.bounds()
-        h = cfg.lattice_spacing * float(self.grid.spacing.max()) / self.frame.scale
+        h = self._lattice_spacing() * float(self.grid.spacing.max()) / self.frame.scale
         axes = []
         for a, b in zip(lo, hi):
             n = max(1, int(round((b - a) / h)))
@@ -554,6 +580,16 @@ class ReconstructionEngine:
         dens = x.to(torch.float32)
         keep = dens > cfg.prune_density * 10
         return means[keep], scales[keep], dens[keep]
+
+    def _lattice_spacing(self) -> float:
+        """``lattice_spacing``, or its default: 1.5 output voxels when the init volume was solved at (or finer
+        than) the output spacing, 2.0 when it was solved coarser (full-body views) or comes from the coarse
+        density-only fit (``init="lattice"``): a basis finer than the init's resolution only adds Gaussians."""
+        cfg = self.config
+        if cfg.lattice_spacing is not None:
+            return float(cfg.lattice_spacing)
+        fine = self._init_spacing is not None and self._init_spacing <= 1.01 * float(self.grid.spacing.max())
+        return 1.5 if fine else 2.0
 
     def _face_layer(self, lo, hi, axes, sigma_t: float):
         """Gaussians half a voxel inside each face of the box ``[lo, hi]`` (normalised frame), on the lattice's
@@ -869,6 +905,7 @@ class ReconstructionEngine:
             "order": self._order, "last_loss": self._last_loss,
             "model_meta": None if self.model is None else self.model.metadata(),
             "exterior_grid": None if self._exterior is None else self._exterior[1].to_dict(),
+            "material_ends_at_roi": self._material_ends_at_roi,
         }
         save_file(tensors, str(d / "state.safetensors"))
         tmp = d / "state.json.tmp"
@@ -909,6 +946,7 @@ class ReconstructionEngine:
                     eng.optim.state.setdefault(name, {})[k] = v.to(eng.device)
             eng._grad_accum = tensors["densify.accum"].to(eng.device)
             eng._grad_count = tensors["densify.count"].to(eng.device)
+        eng._material_ends_at_roi = bool(meta.get("material_ends_at_roi", False))
         eng._gen.set_state(tensors["rng"])
         eng.iteration = meta["iteration"]
         eng.history = meta["history"]
