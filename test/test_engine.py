@@ -327,14 +327,17 @@ def test_fine_gaussians_overlap_the_exterior_seam():
 
 def test_inside_fraction_is_each_gaussians_mass_inside_the_roi_box():
     """Axis-aligned Gaussians: the product over the axes of the 1D mass between the faces; a rotation of an
-    isotropic Gaussian changes nothing; along its long axis an elongated one straddling a face keeps half."""
+    isotropic Gaussian changes nothing; an elongated one centred on a face keeps just under half."""
     roi = Grid.centered(16, 1.0, (0, 0, 0))  # normalised box [-1, 1]^3
     eng = ReconstructionEngine(roi, small_config())
     means = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [1.0, -1.0, 0], [-1.2, 0, 0], [1.0, 0, 0]])
     scales = torch.tensor([[0.1] * 3] * 4 + [[0.5, 0.01, 0.01]])
     quats = torch.tensor([[1.0, 0, 0, 0]] * 5)
     f = eng._inside_fraction(means, scales, quats)
-    expected = [1.0, 0.5, 0.25, 0.5 * (1 - math.erf(0.2 / 0.1 / math.sqrt(2))), 0.5 * math.erf(2.0 / 0.5 / math.sqrt(2))]
+    def mass(a, b, sigma):  # 1D mass of N(0, sigma^2) on [a, b]
+        return 0.5 * (math.erf(b / sigma / math.sqrt(2)) - math.erf(a / sigma / math.sqrt(2)))
+
+    expected = [1.0, 0.5, 0.25, mass(0.2, 2.2, 0.1), mass(-2.0, 0.0, 0.5)]
     assert torch.allclose(f, torch.tensor(expected), atol=1e-5)
     rot = torch.tensor([[0.9, 0.3, -0.2, 0.25]] * 4 + [[1.0, 0, 0, 0]])
     assert torch.allclose(eng._inside_fraction(means[:4], scales[:4], rot[:4]), f[:4], atol=1e-5)
