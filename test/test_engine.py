@@ -334,6 +334,7 @@ def test_inside_fraction_is_each_gaussians_mass_inside_the_roi_box():
     scales = torch.tensor([[0.1] * 3] * 4 + [[0.5, 0.01, 0.01]])
     quats = torch.tensor([[1.0, 0, 0, 0]] * 5)
     f = eng._inside_fraction(means, scales, quats)
+
     def mass(a, b, sigma):  # 1D mass of N(0, sigma^2) on [a, b]
         return 0.5 * (math.erf(b / sigma / math.sqrt(2)) - math.erf(a / sigma / math.sqrt(2)))
 

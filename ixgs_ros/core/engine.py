@@ -333,7 +333,7 @@ class ReconstructionEngine:
         voxelised volume does; unclipped, their tails past the faces add line integral that the data do not
         have, and the optimiser lowers the densities next to the faces to remove it."""
         lo, hi = (torch.tensor(b, dtype=means.dtype, device=means.device) for b in
-                  Grid(self.grid.shape, self.frame.affine_to_normalized(self.grid.affine)).bounds())
+                  self.frame.grid_to_normalized(self.grid).bounds())
         R = gr.quat_to_rotmat(quats)
         sd = ((R * scales[:, None, :]) ** 2).sum(-1).clamp_min(1e-20).sqrt() * math.sqrt(2.0)  # sqrt(2 Sigma_aa)
         return (0.5 * (torch.erf((hi - means) / sd) - torch.erf((lo - means) / sd))).prod(1)
@@ -469,7 +469,7 @@ class ReconstructionEngine:
             self._exterior = (np.where(inside, 0.0, sol).astype(np.float32), solve)
         roi = resample(sol, solve, fine_grid, order=1) / cfg.mu_ref
         field = torch.from_numpy(np.ascontiguousarray(roi, dtype=np.float32))
-        field_grid_n = Grid(fine_grid.shape, self.frame.affine_to_normalized(fine_grid.affine))
+        field_grid_n = self.frame.grid_to_normalized(fine_grid)
         ctx = None
         if cfg.context and cfg.context_mode == "gaussians":
             # coarse lattice over the solve grid's box, outside the ROI box, densities from the solution
@@ -837,7 +837,7 @@ class ReconstructionEngine:
         if self.model is None:
             raise EngineError("the engine is not initialised yet (no optimisation step has run)")
         grid = grid or self.grid
-        gn = Grid(grid.shape, self.frame.affine_to_normalized(grid.affine))
+        gn = self.frame.grid_to_normalized(grid)
         with torch.no_grad():
             m = self.model
             fine = m.group == 0 if self.config.context else torch.ones(len(m), dtype=torch.bool)

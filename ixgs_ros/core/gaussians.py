@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .volume import Grid
+
 __all__ = ["NormalizedFrame", "GaussianModel", "inverse_softplus", "inverse_sigmoid"]
 
 
@@ -66,6 +68,10 @@ class NormalizedFrame:
         N[:3, :3] /= self.scale
         N[:3, 3] = -np.asarray(self.center) / self.scale
         return N @ np.asarray(affine, dtype=np.float64)
+
+    def grid_to_normalized(self, grid: Grid) -> Grid:
+        """The same voxels as ``grid`` with its affine mapping to the normalised frame."""
+        return Grid(grid.shape, self.affine_to_normalized(grid.affine))
 
     def to_dict(self) -> dict:
         return {"center": list(map(float, self.center)), "scale": float(self.scale), "mu_ref": float(self.mu_ref)}
