@@ -3,7 +3,7 @@ with the error split by distance from the ROI faces (which is how the face layer
 found), next to plain RTK SART on the same training views.
 
     python benchmarks/ablate_engine.py SCAN_DIR --views 25 --iterations 300 [--every 100] [--stop K]
-           [--engine KEY=VALUE ...] [--sart-passes 8] [--json OUT.json]
+           [--engine KEY=VALUE ...] [--sart-passes 8] [--json OUT.json] [--save-volume OUT.nii.gz]
 
 ``SCAN_DIR`` is a scan simulated by ``ixgs bench`` (it holds ``bench_scan.json`` and ``gt.nii.gz``), e.g.
 ``bench_out/scans/T12-roi-only-arc160-28v-256px-128x1mm-siddon-s0`` (the 28-view scan of a `--views 25` bench;
@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--sart-passes", type=int, default=8)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--save-volume", default=None, metavar="OUT.nii.gz",
+                    help="write the final volume (on the ground truth's grid) for inspection")
     a = ap.parse_args(argv)
 
     from ixgs_ros.commands.bench import parse_engine_overrides
@@ -91,6 +93,10 @@ def main(argv=None) -> int:
         print(f"{r['what']:14s} {str(r['iteration'] or '-'):>5s} {str(r['wall_s'] or '-'):>7s} {r['psnr']:6.2f} "
               f"{r['ssim']:6.3f} {r['mse_shell0']:8.2e} {r['mse_shell1']:8.2e} {r['mse_shell2']:8.2e} "
               f"{r['mse_interior']:8.2e}")
+    if a.save_volume:
+        from ixgs_ros.core.volume import save_nifti
+
+        save_nifti(a.save_volume, eng.volume(), grid)
     if a.json:
         Path(a.json).write_text(json.dumps({"scan": str(d), "views": a.views, "engine": overrides, "rows": rows},
                                            indent=1))

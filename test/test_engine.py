@@ -145,9 +145,9 @@ def test_lattice_placement_fits_the_init_volume_on_a_regular_lattice(grid):
     eng, means, scales, err = fit(20)
     h = 2 * 2.5 / eng.frame.scale                       # 2 voxels of 2.5 mm, normalised
     assert 0 < len(means) < 12 ** 3                      # 12^3 sites, air ones dropped
-    for axis in range(3):
-        steps = np.diff(np.unique(means[:, axis].numpy().round(5)))
-        assert np.allclose(steps, h, rtol=1e-4), steps
+    for axis in range(3):  # whole planes of sites may be dropped, so the steps are multiples of the spacing
+        steps = np.diff(np.unique(means[:, axis].numpy().round(5))) / h
+        assert steps.min() == pytest.approx(1.0, rel=1e-4) and np.allclose(steps, np.round(steps), atol=1e-3), steps
     assert torch.allclose(scales, torch.full_like(scales, 0.6 * h))
     err_sampled = fit(0)[3]                              # densities sampled from the volume, no CG
     assert err < 0.03 and err < 0.3 * err_sampled, (err, err_sampled)
@@ -246,6 +246,13 @@ def test_init_tv_weights_are_validated(w0, w1):
         small_config(init_sart_iterations=0).validate()
 
 
+@pytest.mark.parametrize("lam", [0.0, -0.5, 2.0, 3.0])
+def test_init_sart_lambda_is_validated(lam):
+    with pytest.raises(EngineError, match="init_sart_lambda"):
+        small_config(init_sart_lambda=lam).validate()
+    small_config(init_sart_lambda=1.9).validate()
+
+
 def _outer_shell(vol):
     m = np.ones(vol.shape, dtype=bool)
     m[1:-1, 1:-1, 1:-1] = False
@@ -293,9 +300,12 @@ def test_face_layer_follows_material_that_ends_at_the_roi_box():
 
 def test_init_support_keeps_the_roi_faces_material_inside_the_roi():
     """ROI-only views: the init's SART solves on the ROI grown by one voxel; with ``init_support`` that voxel
-    layer is held at zero (the views show no material outside the ROI), so the faces keep their material."""
+    layer is held at zero (the views show no material outside the ROI), so the faces keep their material.
+    SART relaxation 0.6: with the default 1.3 these 3 passes leave less in that layer (shell error ratio 0.85
+    instead of 0.59), so the comparison would say less about the constraint."""
     roi, block, views, proj = _block_scan()
-    errs = {s: _shell_rms(_initialised(roi, views, proj, init_support=s, lattice_spacing=2.0).volume(), block)
+    errs = {s: _shell_rms(_initialised(roi, views, proj, init_support=s, lattice_spacing=2.0,
+                                       init_sart_lambda=0.6).volume(), block)
             for s in (True, False)}
     assert errs[True] < 0.7 * errs[False], errs
 
@@ -365,3 +375,32 @@ def test_roi_clipping_survives_save_and_load(tmp_path):
     back = ReconstructionEngine.load(tmp_path / "s")
     assert back._material_ends_at_roi
     np.testing.assert_array_equal(back.render_view(0), eng.render_view(0))
+
+
+def _lattice_fit_error(grid, rounds):
+    """RMS error (fraction of the maximum) of the voxelised lattice fit to a sharp sphere, and its densities."""
+    eng = ReconstructionEngine(grid, small_config(lattice_spacing=1.5, lattice_nonneg_rounds=rounds))
+    eng._material_ends_at_roi = False
+    eng._init_spacing = float(grid.spacing.max())
+    field = torch.from_numpy(sphere_volume(grid, radius=20.0) / MU)
+    grid_n = eng.frame.grid_to_normalized(grid)
+    means, scales, dens = eng._lattice_from_field(field, grid_n)
+    quats = torch.zeros(len(means), 4)
+    quats[:, 0] = 1
+    with torch.no_grad():
+        fit = eng._voxelize_normalized(means, scales, quats, dens, grid_n)
+    return float(((fit - field) ** 2).mean().sqrt()), dens
+
+
+def test_lattice_fit_refits_after_dropping_negative_densities(grid):
+    # CG leaves negative densities along the sphere's step; they cannot be represented (softplus), so they are
+    # dropped - and without a refit what they carried is lost
+    err0, dens0 = _lattice_fit_error(grid, 0)
+    err1, dens1 = _lattice_fit_error(grid, 1)
+    assert bool((dens0 > 0).all()) and bool((dens1 > 0).all())
+    assert err1 < 0.8 * err0, (err0, err1)
+
+
+def test_lattice_nonneg_rounds_is_validated():
+    with pytest.raises(EngineError, match="lattice_nonneg_rounds"):
+        small_config(lattice_nonneg_rounds=-1).validate()
