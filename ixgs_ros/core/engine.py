@@ -14,8 +14,9 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
    volume, but FDK assumes a circular orbit. ixgs starts from SART passes (RTK, which takes any per-view
    geometry; relaxation ``init_sart_lambda``), each followed by 3D TV denoising whose weight decays
    geometrically over the passes
-   (``init_tv_weight`` to ``init_tv_weight_final``, like the adaptive TV step of ASD-POCS; T12, 25 views: +1.8
-   dB over plain SART on ROI-only and on full-body views), solved on a grid that holds all material
+   (``init_tv_weight`` to ``init_tv_weight_final``, like the adaptive TV step of ASD-POCS; T12, 25 views, at
+   relaxation 0.6: +1.8 dB over plain SART on ROI-only and on full-body views; relaxation 1.3 adds 0.5-0.7 dB
+   more), solved on a grid that holds all material
    the rays cross. When the views show all material inside the ROI box, the voxel layer that grid adds around
    the ROI is held at zero (``init_support``: +2.0 dB more on the ROI-only T12 scan, whose faces SART otherwise
    smears into that layer) (``init="rtk"``, default), or
@@ -95,13 +96,15 @@ class EngineConfig:
     init_sart_iterations: int = 24  # SART passes of the init (each followed by TV denoising, see below)
     init_tv_weight: float = 0.03    # rtk_baseline.sart_tv: TV weight of the first pass; 0 = plain RTK SART
     init_tv_weight_final: float | None = 0.003  # ... decaying geometrically to this at the last (None: constant)
-                                    # (T12 25 views, init alone: ROI-only 30.94 dB, full-body 26.16; 16 passes at
-                                    # a constant 0.01: 30.39 / 25.21; plain SART-16: 29.19 / 24.37)
+                                    # (T12 25 views, init alone, relaxation 0.6: ROI-only 30.94 dB, full-body
+                                    # 26.16; 16 passes at a constant 0.01: 30.39 / 25.21; plain SART-16: 29.19 /
+                                    # 24.37)
     init_sart_lambda: float = 1.3   # SART relaxation of the init passes (RTK's default 0.3, its baseline 0.6;
                                     # T12 25 views, init alone, 24 passes: 0.6 -> 32.97 / 26.16 dB,
                                     # 1.0 -> 33.45 / 26.67, 1.3 -> 33.69 / 26.79 ROI-only / full-body)
     init_support: bool = True       # when the views show all material inside the ROI, zero the init outside it
-                                    # (T12 ROI-only, init alone: 32.97 dB instead of 30.94)
+                                    # (T12 ROI-only, init alone: 32.97 dB instead of 30.94; at relaxation 1.3
+                                    # 33.69 instead of 31.45)
     init_fit_iterations: int = 600  # direct 3D fit of the sampled Gaussians to the init volume
     init_fit_block: int = 48
     init_edge_weight: float = 2.0   # sampling weight of the field gradient (per voxel) relative to its value
