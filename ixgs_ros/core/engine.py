@@ -25,9 +25,9 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
    (``placement="lattice"``, default: ``lattice_spacing`` output voxels apart, sigma ``lattice_sigma`` x the
    spacing) and their densities are solved by conjugate gradients so that the voxelised set reproduces the
    init volume (the voxelizer is linear in the densities); CG ignores that densities are positive, so the
-   Gaussians it leaves empty or negative are dropped and the others refitted (``lattice_nonneg_rounds``). Measured on the T12 CT: a 2-voxel lattice fitted to
-   the ground truth reaches 35.2 dB, 200k randomly placed Gaussians 30.8 dB - random placement clumps and
-   its sum is noisy. ``placement="sample"`` keeps the older scheme: ``n_init`` Gaussians drawn where the
+   Gaussians it leaves empty or negative are dropped and the others refitted (``lattice_nonneg_rounds``).
+   Measured on the T12 CT: a 2-voxel lattice fitted to the ground truth reaches 35.2 dB, 200k randomly placed
+   Gaussians 30.8 dB - random placement clumps and its sum is noisy. ``placement="sample"`` keeps the older scheme: ``n_init`` Gaussians drawn where the
    volume exceeds a fraction of its maximum, with probability growing with its value and gradient, scales
    from nearest-neighbour distances, densities and scales fitted in 3D on random sub-blocks.
    When the views show that all material lies inside the ROI box (ROI-only scans), thin Gaussians on the box
@@ -553,7 +553,8 @@ class ReconstructionEngine:
     def _lattice_from_field(self, field: torch.Tensor, field_grid_n: Grid):
         """Isotropic Gaussians on a regular lattice over the field's box (``lattice_spacing`` output voxels apart,
         sigma = ``lattice_sigma`` x spacing); densities by conjugate gradients on ``|V(rho) - field|^2`` (the
-        voxelizer is linear in the densities). Lattice Gaussians with (almost) no density are dropped."""
+        voxelizer is linear in the densities). Lattice Gaussians the fit leaves (almost) empty or negative are
+        dropped, and the others refitted ``lattice_nonneg_rounds`` times."""
         cfg = self.config
         lo, hi = field_grid_n.bounds()
         h = self._lattice_spacing() * float(self.grid.spacing.max()) / self.frame.scale
