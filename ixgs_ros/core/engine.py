@@ -27,9 +27,10 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
    init volume (the voxelizer is linear in the densities); CG ignores that densities are positive, so the
    Gaussians it leaves empty or negative are dropped and the others refitted (``lattice_nonneg_rounds``).
    Measured on the T12 CT: a 2-voxel lattice fitted to the ground truth reaches 35.2 dB, 200k randomly placed
-   Gaussians 30.8 dB - random placement clumps and its sum is noisy. ``placement="sample"`` keeps the older scheme: ``n_init`` Gaussians drawn where the
-   volume exceeds a fraction of its maximum, with probability growing with its value and gradient, scales
-   from nearest-neighbour distances, densities and scales fitted in 3D on random sub-blocks.
+   Gaussians 30.8 dB - random placement clumps and its sum is noisy. ``placement="sample"`` keeps the older
+   scheme: ``n_init`` Gaussians drawn where the volume exceeds a fraction of its maximum, with probability
+   growing with its value and gradient, scales from nearest-neighbour distances, densities and scales fitted in
+   3D on random sub-blocks.
    When the views show that all material lies inside the ROI box (ROI-only scans), thin Gaussians on the box
    faces (``face_layer``) let the outermost voxel shell follow the step where the material ends, and each
    Gaussian is rendered with its mass inside the box only (``clip_to_roi``), as the voxelised volume ends there
@@ -571,18 +572,7 @@ class ReconstructionEngine:
         x = self._sample_volume(field.numpy(), field_grid_n, means.numpy()).astype(np.float64)
         x = torch.from_numpy(x)
         for rnd in range(1 + cfg.lattice_nonneg_rounds):
-            quats = torch.zeros(len(means), 4)
-            quats[:, 0] = 1
-
-            def fwd(v, means=means, scales=scales, quats=quats):
-                return self._voxelize_normalized(means, scales, quats, v.to(torch.float32), field_grid_n
-                                                 ).flatten().to(torch.float64)
-
-            def adj(r, fwd=fwd, n=len(means)):
-                v = torch.zeros(n, requires_grad=True)
-                (fwd(v) * r).sum().backward()
-                return v.grad.to(torch.float64)
-
+            fwd, adj = self._density_operators(means, scales, field_grid_n)
             if rnd == 0:
                 x = x * float(target.sum() / fwd(x).sum().clamp_min(1e-12))
             x = self._cg(fwd, adj, target, x, cfg.lattice_cg_iterations)
@@ -591,6 +581,23 @@ class ReconstructionEngine:
             keep = x.to(torch.float32) > cfg.prune_density * 10
             means, scales, x = means[keep], scales[keep], x[keep]
         return means, scales, x.to(torch.float32)
+
+    def _density_operators(self, means, scales, grid_n: Grid):
+        """The voxelizer of isotropic Gaussians as a linear map of their densities (float64 in and out) and its
+        adjoint (by autograd)."""
+        quats = torch.zeros(len(means), 4)
+        quats[:, 0] = 1
+
+        def fwd(v):
+            return self._voxelize_normalized(means, scales, quats, v.to(torch.float32), grid_n
+                                             ).flatten().to(torch.float64)
+
+        def adj(r):
+            v = torch.zeros(len(means), requires_grad=True)
+            (fwd(v) * r).sum().backward()
+            return v.grad.to(torch.float64)
+
+        return fwd, adj
 
     @staticmethod
     def _cg(fwd, adj, target, x, iterations: int):
