@@ -361,7 +361,7 @@ def test_clip_to_roi_keeps_the_faces_during_optimisation():
     roi, block, views, proj = _block_scan()
     errs = {}
     for clip in (True, False):
-        eng = _initialised(roi, views, proj, clip_to_roi=clip, iterations=90)
+        eng = _initialised(roi, views, proj, clip_to_roi=clip, iterations=90, lr_warmup=0)  # full rates at once
         eng.step(89)
         errs[clip] = _shell_rms(eng.volume(), block)
     assert errs[True] < 0.8 * errs[False], errs
@@ -404,3 +404,58 @@ def test_lattice_fit_refits_after_dropping_negative_densities(grid):
 def test_lattice_nonneg_rounds_is_validated():
     with pytest.raises(EngineError, match="lattice_nonneg_rounds"):
         small_config(lattice_nonneg_rounds=-1).validate()
+
+
+def test_fine_init_re_solves_the_roi_at_output_spacing_under_a_coarse_exterior(tmp_path):
+    """Full-body views whose material box is solved coarser than the ROI (here 4.5 mm against 1.5 mm): with
+    ``init_fine_passes`` the fine Gaussians' box (the ROI grown by ``init_fine_margin`` mm) is re-solved at
+    the ROI's spacing with the coarse exterior fixed, and the initial volume is closer to the truth; the
+    exterior is zero in that box, and the state (exterior included) survives save/load."""
+    roi = Grid.centered(16, 1.5, (0, 0, 0))
+    views = make_views(n=10, size=48, sod=300.0, sdd=700.0, seed=2)
+    inner = [sphere_projection(views, r, c) for r, c in ((7.0, (0, 0, 0)), (3.0, (4.0, 3.0, -2.0)))]
+    images = [a + b + c for a, b, c in zip(*inner, sphere_projection(views, 20.0, (38.0, 0, 0)))]
+    gt = sphere_volume(roi, 7.0) + sphere_volume(roi, 3.0, (4.0, 3.0, -2.0))
+    errs, engines = {}, {}
+    for passes in (0, 4):
+        eng = _initialised(roi, views, images, context=True, context_mode="background", init_solve_max_voxels=32 ** 3,
+                           init_fine_passes=passes, init_fine_margin=6.0, init_sart_iterations=4,
+                           lattice_spacing=1.0, face_layer=False)
+        ext, solve = eng._exterior
+        assert float(solve.spacing.max()) > 2.5 * 1.5       # coarse solve
+        errs[passes] = float(np.sqrt(((eng.volume() - gt) ** 2).mean()))
+        engines[passes] = eng
+    assert errs[4] < 0.85 * errs[0], errs
+    eng = engines[4]
+    ext, solve = eng._exterior
+    lo, hi = roi.bounds()
+    pts = solve.world_coords().reshape(-1, 3)
+    d = np.maximum(lo - pts, pts - hi).max(1)
+    assert np.all(ext.reshape(-1)[d < 6.0 - 1e-6] == 0)
+    means = eng.frame.to_world_points(eng.model.means.detach().numpy())
+    assert np.maximum(lo - means, means - hi).max() > 4.0    # fine Gaussians fill the re-solved margin
+    eng.save(tmp_path / "fine")
+    back = ReconstructionEngine.load(tmp_path / "fine")
+    assert np.array_equal(back.render_view(2), eng.render_view(2))
+
+
+@pytest.mark.parametrize("key, value", [("init_fine_passes", -1), ("init_fine_margin", -1.0),
+                                        ("init_fine_lambda", 2.0), ("init_fine_tv_weight", -0.1),
+                                        ("init_solve_max_voxels", 10), ("lr_warmup", -1)])
+def test_fine_init_and_warmup_settings_are_validated(key, value):
+    with pytest.raises(EngineError, match=key):
+        small_config(**{key: value}).validate()
+
+
+def test_learning_rates_warm_up_linearly_then_decay(grid):
+    eng = ReconstructionEngine(grid, small_config(lr_warmup=10, iterations=100, lr_final_factor=0.1))
+    cfg = eng.config
+    eng.iteration = 0
+    assert eng._lrs()["means"] == pytest.approx(cfg.lr_means * 0.1)
+    eng.iteration = 4
+    assert eng._lrs()["raw_density"] == pytest.approx(cfg.lr_density * 0.1 ** 0.04 * 0.5)
+    eng.iteration = 50
+    assert eng._lrs()["raw_scales"] == pytest.approx(cfg.lr_scales * 0.1 ** 0.5)
+    eng.config = small_config(lr_warmup=0, iterations=100, lr_final_factor=0.1)
+    eng.iteration = 0
+    assert eng._lrs()["means"] == pytest.approx(eng.config.lr_means)
