@@ -54,22 +54,14 @@ def main(argv=None) -> int:
                     help="write the final volume (on the ground truth's grid) for inspection")
     a = ap.parse_args(argv)
 
+    from bench_scan import load_training
     from ixgs_ros.commands.bench import parse_engine_overrides
     from ixgs_ros.commands.reconstruct import load_engine_config
     from ixgs_ros.core import rtk_baseline as rb
-    from ixgs_ros.core.bench import primary_angles, training_subset
     from ixgs_ros.core.engine import ReconstructionEngine
-    from ixgs_ros.core.reconstruct import choose_grid
-    from ixgs_ros.core.scan import Scan
-    from ixgs_ros.core.volume import load_nifti
 
     d = Path(a.scan_dir)
-    scan = Scan.load(d)
-    grid = choose_grid(scan)
-    gt, _ = load_nifti(d / "gt.nii.gz")
-    train, _ = training_subset(primary_angles(scan), a.views, a.holdout, 0)
-    views = [scan.views[i] for i in train]
-    proj = np.stack([scan.projections[i] for i in train])
+    grid, gt, views, proj = load_training(d, a.views, a.holdout)
     overrides = parse_engine_overrides(a.engine)
     cfg = load_engine_config(None, iterations=a.iterations, **overrides)
     rows = []

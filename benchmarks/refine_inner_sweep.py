@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -25,20 +24,11 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=int, default=3)
     a = ap.parse_args(argv)
 
+    from bench_scan import load_training
     from ixgs_ros.core import rtk_baseline as rb
-    from ixgs_ros.core.bench import primary_angles, training_subset
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
-    from ixgs_ros.core.reconstruct import choose_grid
-    from ixgs_ros.core.scan import Scan
-    from ixgs_ros.core.volume import load_nifti
 
-    d = Path(a.scan_dir)
-    scan = Scan.load(d)
-    grid = choose_grid(scan)
-    gt, _ = load_nifti(d / "gt.nii.gz")
-    train, _ = training_subset(primary_angles(scan), a.views, a.holdout, 0)
-    views = [scan.views[i] for i in train]
-    proj = np.stack([scan.projections[i] for i in train])
+    grid, gt, views, proj = load_training(a.scan_dir, a.views, a.holdout)
     solve = rb.default_solve_grid(views, grid, projections=proj)
     t = time.perf_counter()
     coarse = np.maximum(rb.sart_tv(views, proj, solve, 24, 0.03, tv_weight_final=0.003, lam=1.3), 0)
