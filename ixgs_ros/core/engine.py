@@ -514,16 +514,13 @@ class ReconstructionEngine:
             pad = min(math.ceil(want / gs - 1e-6),
                       math.floor(max(0.0, float(margin.min()) - 2.0 * sp) / gs + 1e-6))
             fine_grid = rb.pad_grid(self.grid, pad)
-            if cfg.init_fine_passes > 0:
-                fine_vol, outside = rb.refine_inner(views, proj, solve, sol, fine_grid, cfg.init_fine_passes,
-                                                    lam=cfg.init_fine_lambda, tv_weight=cfg.init_fine_tv_weight)
-                self._exterior = (outside, solve)
-                field = torch.from_numpy(np.ascontiguousarray(fine_vol / cfg.mu_ref, dtype=np.float32))
-                return field, self.frame.grid_to_normalized(fine_grid), None
-            inside = fine_grid.contains(solve.world_coords())
-            self._exterior = (np.where(inside, 0.0, sol).astype(np.float32), solve)
-        roi = resample(sol, solve, fine_grid, order=1) / cfg.mu_ref
-        field = torch.from_numpy(np.ascontiguousarray(roi, dtype=np.float32))
+            # split into the exterior and the fine box (0 passes: just the coarse solution resampled)
+            roi, outside = rb.refine_inner(views, proj, solve, sol, fine_grid, cfg.init_fine_passes,
+                                           lam=cfg.init_fine_lambda, tv_weight=cfg.init_fine_tv_weight)
+            self._exterior = (outside, solve)
+        else:
+            roi = resample(sol, solve, fine_grid, order=1)
+        field = torch.from_numpy(np.ascontiguousarray(roi / cfg.mu_ref, dtype=np.float32))
         field_grid_n = self.frame.grid_to_normalized(fine_grid)
         ctx = None
         if cfg.context and cfg.context_mode == "gaussians":

@@ -678,6 +678,17 @@ def tv_schedule(passes: int, tv_weight: float, tv_weight_final: float | None = N
     return [float(w) for w in np.geomspace(tv_weight, final, passes)]
 
 
+def _tv_denoise(x: np.ndarray, weight: float, iterations: int) -> np.ndarray:
+    """Chambolle's TV denoising (scikit-image) of ``x`` scaled to its maximum, with ``weight``; 0 = unchanged."""
+    if weight <= 0:
+        return x
+    from skimage.restoration import denoise_tv_chambolle
+
+    scale = max(float(x.max()), 1e-12)
+    return (denoise_tv_chambolle(x / scale, weight=float(weight), max_num_iter=int(iterations))
+            * scale).astype(np.float32)
+
+
 def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, passes: int, tv_weight: float, *,
             tv_weight_final: float | None = None, support: Grid | None = None, lam: float | None = None,
             tv_iterations: int = 20, threads: int | None = None) -> np.ndarray:
@@ -699,8 +710,6 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     lies outside the ROI). Those are at relaxation 0.6; at 1.3 (the engine's ``init_sart_lambda``) the last
     ones read 33.69 / 26.79 dB.
     """
-    from skimage.restoration import denoise_tv_chambolle
-
     views = _check_views(views)
     set_threads(threads)
     frame = canonical_frame(solve_grid)
@@ -713,11 +722,7 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     for w in weights:
         f = _sart_filter(g, proj, _np_to_image(x, frame.spacing), 1, 1, lam, True)
         f.Update()
-        x = _image_to_np(f.GetOutput())
-        if w > 0:
-            scale = max(float(x.max()), 1e-12)
-            x = (denoise_tv_chambolle(x / scale, weight=w, max_num_iter=int(tv_iterations))
-                 * scale).astype(np.float32)
+        x = _tv_denoise(_image_to_np(f.GetOutput()), w, tv_iterations)
         if outside is not None:
             x[outside] = 0.0
     return np.ascontiguousarray(frame.from_frame_array(x), dtype=np.float32)
@@ -745,42 +750,31 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
     2.75 mm scores 26.79 dB; from it, 6 passes at relaxation 1.3 on the ROI grown by 5 / 8 / 12 mm: 27.39 /
     27.58 / 27.66 dB (about 4.7 s per pass on 2 cores; ``benchmarks/refine_inner_sweep.py``).
     """
-    views = _check_views(views)
+    views, projections = _unpack_scan((views, projections))
     passes = int(passes)
     if passes < 0:
         raise ValueError(f"passes must be >= 0, got {passes}")
     solve_volume = np.asarray(solve_volume, dtype=np.float32)
     if solve_volume.shape != tuple(solve_grid.shape):
         raise VolumeError(f"solve volume shape {solve_volume.shape} does not match its grid {tuple(solve_grid.shape)}")
-    projections = np.asarray(projections, dtype=np.float32)
-    if projections.shape != (len(views), views[0].height, views[0].width):
-        raise ValueError(f"projections have shape {projections.shape}, expected "
-                         f"{(len(views), views[0].height, views[0].width)}")
     if not solve_grid.contains(fine_grid.corners(), margin_vox=-1e-3).all():
         raise ValueError("the fine grid's box must lie inside the solve grid's box")
-    from skimage.restoration import denoise_tv_chambolle
-
     inside = fine_grid.contains(solve_grid.world_coords())
     exterior = np.where(inside, 0.0, solve_volume).astype(np.float32)
     x = np.maximum(resample_volume(solve_volume, solve_grid, fine_grid, order=1), 0).astype(np.float32)
     if passes == 0:
         return x, exterior
-    ones = np.ones(solve_grid.shape, dtype=np.float32)
-    floor = float(fine_grid.spacing.min())
-    per_view = []
-    for i, v in enumerate(views):
-        length = np.maximum(forward_project(ones, solve_grid, [v], threads), floor)
-        norm = np.maximum(back_project(np.ones_like(length), [v], fine_grid, threads), 1e-6)
-        residual0 = projections[i:i + 1] - forward_project(exterior, solve_grid, [v], threads)
-        per_view.append((v, residual0, length, norm))
+    # per view, fixed over the passes: the rays' lengths through the solve grid's box, the residual the exterior
+    # leaves, and the backprojected ray weights on the fine grid
+    lengths = np.maximum(forward_project(np.ones(solve_grid.shape, np.float32), solve_grid, views, threads),
+                         float(fine_grid.spacing.min()))
+    residuals0 = projections - forward_project(exterior, solve_grid, views, threads)
+    norms = [np.maximum(back_project(np.ones_like(lengths[:1]), [v], fine_grid, threads), 1e-6) for v in views]
     for _ in range(passes):
-        for v, residual0, length, norm in per_view:
-            r = (residual0 - forward_project(x, fine_grid, [v], threads)) / length
-            x = np.maximum(x + float(lam) * back_project(r, [v], fine_grid, threads) / norm, 0.0)
-        if tv_weight > 0:
-            scale = max(float(x.max()), 1e-12)
-            x = (denoise_tv_chambolle(x / scale, weight=float(tv_weight), max_num_iter=int(tv_iterations))
-                 * scale).astype(np.float32)
+        for i, v in enumerate(views):
+            r = (residuals0[i:i + 1] - forward_project(x, fine_grid, [v], threads)) / lengths[i:i + 1]
+            x = np.maximum(x + float(lam) * back_project(r, [v], fine_grid, threads) / norms[i], 0.0)
+        x = _tv_denoise(x, tv_weight, tv_iterations)
     return np.ascontiguousarray(x, dtype=np.float32), exterior
 
 
