@@ -678,15 +678,42 @@ def tv_schedule(passes: int, tv_weight: float, tv_weight_final: float | None = N
     return [float(w) for w in np.geomspace(tv_weight, final, passes)]
 
 
-def _tv_denoise(x: np.ndarray, weight: float, iterations: int) -> np.ndarray:
-    """Chambolle's TV denoising (scikit-image) of ``x`` scaled to its maximum, with ``weight``; 0 = unchanged."""
-    if weight <= 0:
-        return x
-    from skimage.restoration import denoise_tv_chambolle
+def tv_denoise(x: np.ndarray, weight: float, iterations: int = 20) -> np.ndarray:
+    """3D total-variation denoising of ``x`` scaled to its maximum: ``iterations`` steps of the primal-dual
+    algorithm of Chambolle & Pock (2011, ROF model ``min_u 1/2 |u - f|^2 + weight * TV(u)``, isotropic TV with
+    forward differences and Neumann boundary, step sizes tau = 1/4, sigma = 1/3 so that tau * sigma * 12 = 1),
+    from ``u = f``; the result is scaled back. ``weight = 0`` returns ``x`` unchanged.
 
-    scale = max(float(x.max()), 1e-12)
-    return (denoise_tv_chambolle(x / scale, weight=float(weight), max_num_iter=int(iterations))
-            * scale).astype(np.float32)
+    Replaced scikit-image's Chambolle (2004) projection algorithm in :func:`sart_tv` and :func:`refine_inner`:
+    with the same weights and 20 iterations the engine's TV-SART init scored 34.27 dB instead of 33.69
+    (ROI-only T12, 25 views) and 27.36 instead of 26.79 (full-body, coarse 2.75 mm solve); 10 / 40 iterations:
+    34.13 / 34.29 dB. Runs in torch (float32, the threads torch uses)."""
+    if weight < 0:
+        raise ValueError(f"TV weight must be >= 0, got {weight}")
+    if weight == 0:
+        return x
+    import torch
+
+    scale = max(float(np.max(x)), 1e-12)
+    f = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) / scale
+    tau, sigma, w = 0.25, 1.0 / 3.0, float(weight)
+    u, ub = f.clone(), f.clone()
+    p = torch.zeros((x.ndim,) + tuple(x.shape), dtype=torch.float32)
+    for _ in range(int(iterations)):
+        for a in range(x.ndim):  # p += sigma * grad(ub)
+            n = ub.shape[a]
+            p[a].narrow(a, 0, n - 1).add_(ub.narrow(a, 1, n - 1) - ub.narrow(a, 0, n - 1), alpha=sigma)
+        p.div_(p.square().sum(0).sqrt_().div_(w).clamp_(min=1.0))  # project onto |p| <= weight
+        d = torch.zeros_like(f)  # div p = -grad^T p
+        for a in range(x.ndim):
+            n = d.shape[a]
+            pa = p[a].narrow(a, 0, n - 1)
+            d.narrow(a, 0, n - 1).add_(pa)
+            d.narrow(a, 1, n - 1).sub_(pa)
+        u_new = (u + tau * d + tau * f) / (1.0 + tau)
+        ub = 2.0 * u_new - u
+        u = u_new
+    return (u * scale).numpy().astype(np.float32)
 
 
 def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, passes: int, tv_weight: float, *,
@@ -694,7 +721,7 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
             tv_iterations: int = 20, threads: int | None = None) -> np.ndarray:
     """RTK SART passes alternated with 3D total-variation denoising (the ASD-POCS idea of Sidky & Pan 2008,
     simplified): each pass is one SART sweep over all views (positivity on, relaxation ``lam``) from the
-    current volume, then Chambolle's TV denoising (scikit-image) of the volume scaled to its maximum with
+    current volume, then TV denoising (:func:`tv_denoise`) of the volume scaled to its maximum with
     ``tv_weight``. With ``tv_weight_final`` the weight decays geometrically from ``tv_weight`` (first pass) to
     it (last pass), so the early passes suppress streaks and the late ones return towards the data, as the
     adaptive TV step of ASD-POCS does. ``support`` (a :class:`Grid`) is a box known to hold all the material
@@ -707,8 +734,8 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     it. Measured on the ``ixgs bench`` T12 scans (25 views, 3D PSNR over the ROI): ROI-only SART-8 29.07 dB,
     SART-20 29.21, this with weight 0.01 and 16 passes 30.39, with 24 passes and weight 0.03 -> 0.003 30.94,
     and with the ROI as ``support`` 32.97; full-body 23.99 / 24.40 / 25.21 / 26.16 dB (no support: material
-    lies outside the ROI). Those are at relaxation 0.6; at 1.3 (the engine's ``init_sart_lambda``) the last
-    ones read 33.69 / 26.79 dB.
+    lies outside the ROI). Those are at relaxation 0.6 with scikit-image's TV denoiser; at 1.3 (the engine's
+    ``init_sart_lambda``) the last ones read 33.69 / 26.79 dB, and with :func:`tv_denoise` 34.27 / 27.36 dB.
     """
     views = _check_views(views)
     set_threads(threads)
@@ -722,7 +749,7 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     for w in weights:
         f = _sart_filter(g, proj, _np_to_image(x, frame.spacing), 1, 1, lam, True)
         f.Update()
-        x = _tv_denoise(_image_to_np(f.GetOutput()), w, tv_iterations)
+        x = tv_denoise(_image_to_np(f.GetOutput()), w, tv_iterations)
         if outside is not None:
             x[outside] = 0.0
     return np.ascontiguousarray(frame.from_frame_array(x), dtype=np.float32)
@@ -774,7 +801,7 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
         for i, v in enumerate(views):
             r = (residuals0[i:i + 1] - forward_project(x, fine_grid, [v], threads)) / lengths[i:i + 1]
             x = np.maximum(x + float(lam) * back_project(r, [v], fine_grid, threads) / norms[i], 0.0)
-        x = _tv_denoise(x, tv_weight, tv_iterations)
+        x = tv_denoise(x, tv_weight, tv_iterations)
     return np.ascontiguousarray(x, dtype=np.float32), exterior
 
 
