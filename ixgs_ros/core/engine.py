@@ -12,7 +12,8 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
 
 1. *Initialisation valid for sparse, non-circular views.* R²-Gaussian samples its first Gaussians from an FDK
    volume, but FDK assumes a circular orbit. ixgs starts from SART passes (RTK, which takes any per-view
-   geometry; relaxation ``init_sart_lambda``), each followed by 3D TV denoising whose weight decays
+   geometry; relaxation ``init_sart_lambda``), each followed by 3D TV denoising
+   (:func:`~ixgs_ros.core.rtk_baseline.tv_denoise`, Chambolle-Pock on the ROF model) whose weight decays
    geometrically over the passes
    (``init_tv_weight`` to ``init_tv_weight_final``, like the adaptive TV step of ASD-POCS; T12, 25 views, at
    relaxation 0.6: +1.8 dB over plain SART on ROI-only and on full-body views; relaxation 1.3 adds 0.5-0.7 dB
@@ -46,12 +47,14 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
    voxels); with ``init_fine_passes`` the fine Gaussians' box (the ROI grown by ``init_fine_margin`` mm) is
    then re-solved at the output spacing by SART with the coarse exterior fixed
    (:func:`~ixgs_ros.core.rtk_baseline.refine_inner`; full-body T12, 25 views: init 26.79 -> 27.6 dB, final
-   27.16 -> 27.47 dB). Measured on the full-body T12 scan: with coarse context Gaussians instead
+   27.16 -> 27.47 dB; with tv_denoise 27.36 -> 28.25 dB). Solves already at the output spacing are not
+   refined. Measured on the full-body T12 scan: with coarse context Gaussians instead
    (``context_mode="gaussians"``, group 1, never densified; also what ``init="lattice"`` uses) the ROI
    Gaussians absorbed the unexplained exterior mass and the 3D PSNR fell during optimisation.
 3. *Optimisation.* ``views_per_step`` views per iteration, loss ``L1 + λ_ssim D-SSIM + λ_tv TV3D`` (TV on a
-   random sub-volume voxelised on the output spacing), Adam with exponentially decaying learning rates.
-   Optional (off by default, they lowered the 3D PSNR in short CPU schedules): adaptive densification
+   random sub-volume voxelised on the output spacing), Adam with exponentially decaying learning rates. By
+   default only the densities are optimised: from the TV-SART init, moving the positions, scales or rotations
+   lowered the 3D PSNR within a CPU schedule (see ``lr_means``); the rates are there for long runs. Optional (off by default, they lowered the 3D PSNR in short CPU schedules): adaptive densification
    (clone small / split large Gaussians with high positional gradient, mass conserved), pruning of near-zero
    densities, and a coarse-to-fine schedule rendering half-resolution views early on.
 
