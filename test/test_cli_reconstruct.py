@@ -89,3 +89,13 @@ def test_reconstruct_bad_input_gives_one_clear_error(scan_dir, tmp_path, capsys)
     assert main(["reconstruct", str(scan_dir), "--out", str(tmp_path / "o"), "--like", "x.nii.gz",
                  "--size", "8"]) == 2
     assert "--like cannot be combined" in capsys.readouterr().err
+
+
+def test_reconstruct_help_states_the_engines_default_iterations(capsys):
+    """The help text writes the default out (the parser must not import torch); it must match the engine."""
+    from ixgs_ros.core.engine import EngineConfig
+
+    with pytest.raises(SystemExit):
+        main(["reconstruct", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: the engine's, {EngineConfig().iterations})" in out

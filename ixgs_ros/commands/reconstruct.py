@@ -18,7 +18,9 @@ def add_parser(sub):
     g.add_argument("--size", type=int, help="voxels per side")
     g.add_argument("--spacing", type=float, help="voxel size in mm")
     g.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"), help="grid centre in world mm")
-    p.add_argument("--iterations", type=int, default=None, help="optimisation iterations (default: the engine default, 500)")
+    # the engine's default, written out so that the parser does not import torch (a test keeps them equal)
+    p.add_argument("--iterations", type=int, default=None,
+                   help="optimisation iterations (default: the engine's, 100)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=int, default=0, help="views held out from training for 2D PSNR/SSIM")
