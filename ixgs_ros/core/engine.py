@@ -54,7 +54,8 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
 3. *Optimisation.* ``views_per_step`` views per iteration, loss ``L1 + λ_ssim D-SSIM + λ_tv TV3D`` (TV on a
    random sub-volume voxelised on the output spacing), Adam with exponentially decaying learning rates. By
    default only the densities are optimised: from the TV-SART init, moving the positions, scales or rotations
-   lowered the 3D PSNR within a CPU schedule (see ``lr_means``); the rates are there for long runs. Optional (off by default, they lowered the 3D PSNR in short CPU schedules): adaptive densification
+   lowered the 3D PSNR within a CPU schedule (see ``lr_means``); their rates are there for long runs.
+   Optional (off by default, they lowered the 3D PSNR in short CPU schedules): adaptive densification
    (clone small / split large Gaussians with high positional gradient, mass conserved), pruning of near-zero
    densities, and a coarse-to-fine schedule rendering half-resolution views early on.
 
