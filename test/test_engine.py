@@ -441,7 +441,8 @@ def test_fine_init_re_solves_the_roi_at_output_spacing_under_a_coarse_exterior(t
 
 @pytest.mark.parametrize("key, value", [("init_fine_passes", -1), ("init_fine_margin", -1.0),
                                         ("init_fine_lambda", 2.0), ("init_fine_tv_weight", -0.1),
-                                        ("init_solve_max_voxels", 10), ("lr_warmup", -1)])
+                                        ("init_solve_max_voxels", 10), ("lr_warmup", -1),
+                                        ("init_exterior_sart_iterations", 0)])
 def test_fine_init_and_warmup_settings_are_validated(key, value):
     with pytest.raises(EngineError, match=key):
         small_config(**{key: value}).validate()
@@ -459,3 +460,30 @@ def test_learning_rates_warm_up_linearly_then_decay(grid):
     eng.config = small_config(lr_warmup=0, iterations=100, lr_final_factor=0.1)
     eng.iteration = 0
     assert eng._lrs()["means"] == pytest.approx(eng.config.lr_means)
+
+
+def test_init_passes_differ_with_material_outside_the_roi(monkeypatch):
+    """``init_exterior_sart_iterations`` sets the init's TV-SART passes when material lies outside the ROI (the
+    coarse full-body solve); None falls back to ``init_sart_iterations``; views whose material is all inside
+    the ROI always use ``init_sart_iterations``."""
+    from ixgs_ros.core import rtk_baseline as rb
+
+    calls = []
+    real = rb.sart_tv
+
+    def spy(views, proj, solve, passes, *args, **kwargs):
+        calls.append(passes)
+        return real(views, proj, solve, passes, *args, **kwargs)
+
+    monkeypatch.setattr(rb, "sart_tv", spy)
+    roi = Grid.centered(16, 2.5, (0, 0, 0))
+    views = make_views(n=8, seed=2)
+    inside = sphere_projection(views, 12.0)
+    outside = [a + b for a, b in zip(inside, sphere_projection(views, 30.0, (55.0, 0, 0)))]
+    cfg = dict(init_sart_iterations=3, init_fine_passes=0)
+    for images, ext, want in ((outside, 2, 2), (outside, None, 3), (inside, 2, 3)):
+        calls.clear()
+        eng = _initialised(roi, views, images, context=True, context_mode="background",
+                           init_exterior_sart_iterations=ext, **cfg)
+        assert calls == [want], (ext, calls)
+        assert (eng._exterior is not None) == (images is outside)

@@ -532,7 +532,7 @@ class ReconstructionEngine:
             # continue the same SART with less TV (on the tiny truncated-sphere test of test_engine: ROI RMS
             # 0.0127 with them, 0.0119 without).
             sp, gs = float(solve.spacing.max()), float(self.grid.spacing.min())
-            fine_passes = cfg.init_fine_passes if sp > 1.01 * float(self.grid.spacing.max()) else 0
+            fine_passes = 0 if self._init_solved_at_output_spacing() else cfg.init_fine_passes
             want = cfg.exterior_overlap * sp
             if fine_passes > 0:
                 want = max(want, cfg.init_fine_margin)
@@ -683,8 +683,12 @@ class ReconstructionEngine:
         cfg = self.config
         if cfg.lattice_spacing is not None:
             return float(cfg.lattice_spacing)
-        fine = self._init_spacing is not None and self._init_spacing <= 1.01 * float(self.grid.spacing.max())
-        return 1.5 if fine else 2.0
+        return 1.5 if self._init_solved_at_output_spacing() else 2.0
+
+    def _init_solved_at_output_spacing(self) -> bool:
+        """Whether the RTK init was solved at (or finer than) the output grid's spacing; False when it was
+        solved coarser (full-body views) or did not come from RTK."""
+        return self._init_spacing is not None and self._init_spacing <= 1.01 * float(self.grid.spacing.max())
 
     def _face_layer(self, lo, hi, axes, sigma_t: float):
         """Gaussians half a voxel inside each face of the box ``[lo, hi]`` (normalised frame), on the lattice's
