@@ -442,7 +442,8 @@ def test_fine_init_re_solves_the_roi_at_output_spacing_under_a_coarse_exterior(t
 @pytest.mark.parametrize("key, value", [("init_fine_passes", -1), ("init_fine_margin", -1.0),
                                         ("init_fine_lambda", 2.0), ("init_fine_tv_weight", -0.1),
                                         ("init_solve_max_voxels", 10), ("lr_warmup", -1),
-                                        ("init_exterior_sart_iterations", 0)])
+                                        ("init_exterior_sart_iterations", 0), ("init_exterior_tv_scale", -1.0),
+                                        ("init_fine_tv_weight_final", -0.1)])
 def test_fine_init_and_warmup_settings_are_validated(key, value):
     with pytest.raises(EngineError, match=key):
         small_config(**{key: value}).validate()
@@ -462,28 +463,34 @@ def test_learning_rates_warm_up_linearly_then_decay(grid):
     assert eng._lrs()["means"] == pytest.approx(eng.config.lr_means)
 
 
-def test_init_passes_differ_with_material_outside_the_roi(monkeypatch):
+def test_init_passes_and_tv_differ_with_material_outside_the_roi(monkeypatch):
     """``init_exterior_sart_iterations`` sets the init's TV-SART passes when material lies outside the ROI (the
     coarse full-body solve); None falls back to ``init_sart_iterations``; views whose material is all inside
-    the ROI always use ``init_sart_iterations``."""
+    the ROI always use ``init_sart_iterations``. The TV weights of that coarse solve are scaled by
+    ``init_exterior_tv_scale``; those of an ROI-only init are not."""
     from ixgs_ros.core import rtk_baseline as rb
 
-    calls = []
+    calls, weights = [], []
     real = rb.sart_tv
 
-    def spy(views, proj, solve, passes, *args, **kwargs):
+    def spy(views, proj, solve, passes, tv_weight, **kwargs):
         calls.append(passes)
-        return real(views, proj, solve, passes, *args, **kwargs)
+        weights.append((tv_weight, kwargs.get("tv_weight_final")))
+        return real(views, proj, solve, passes, tv_weight, **kwargs)
 
     monkeypatch.setattr(rb, "sart_tv", spy)
     roi = Grid.centered(16, 2.5, (0, 0, 0))
     views = make_views(n=8, seed=2)
     inside = sphere_projection(views, 12.0)
     outside = [a + b for a, b in zip(inside, sphere_projection(views, 30.0, (55.0, 0, 0)))]
-    cfg = dict(init_sart_iterations=3, init_fine_passes=0)
+    cfg = dict(init_sart_iterations=3, init_fine_passes=0, init_tv_weight=0.01, init_tv_weight_final=0.002,
+               init_exterior_tv_scale=3.0)
     for images, ext, want in ((outside, 2, 2), (outside, None, 3), (inside, 2, 3)):
         calls.clear()
+        weights.clear()
         eng = _initialised(roi, views, images, context=True, context_mode="background",
                            init_exterior_sart_iterations=ext, **cfg)
         assert calls == [want], (ext, calls)
         assert (eng._exterior is not None) == (images is outside)
+        # the coarse full-body solve's TV weights are init_exterior_tv_scale times the init's
+        assert weights == [pytest.approx((0.03, 0.006) if images is outside else (0.01, 0.002))], weights

@@ -383,6 +383,25 @@ def test_refine_inner_sharpens_the_roi_of_a_coarse_solution_without_diverging_at
     assert np.allclose(x0, np.maximum(rb.resample_volume(coarse, solve, fine), 0))
 
 
+def test_refine_inner_denoises_with_the_tv_schedule(monkeypatch):
+    """``tv_weight_final``: the passes' TV weights decay geometrically from ``tv_weight`` to it (as in
+    :func:`sart_tv`); without it every pass uses ``tv_weight``; a weight that is zero at one end only is refused."""
+    views, proj, _ = _truncated_scan()
+    roi = Grid.centered(12, 3.0, CENTER)
+    solve = rb.default_solve_grid(views, roi, projections=proj, spacing=6.0)
+    coarse = np.full(solve.shape, 0.01, np.float32)
+    seen = []
+    real = rb.tv_denoise
+    monkeypatch.setattr(rb, "tv_denoise", lambda x, w, it=20: (seen.append(w), real(x, w, it))[1])
+    rb.refine_inner(views, proj, solve, coarse, roi, 3, tv_weight=0.02, tv_weight_final=0.005)
+    assert seen == pytest.approx([0.02, 0.01, 0.005])
+    seen.clear()
+    rb.refine_inner(views, proj, solve, coarse, roi, 2, tv_weight=0.004)
+    assert seen == pytest.approx([0.004, 0.004])
+    with pytest.raises(ValueError, match="TV weights"):
+        rb.refine_inner(views, proj, solve, coarse, roi, 2, tv_weight=0.0, tv_weight_final=0.003)
+
+
 def test_refine_inner_rejects_bad_input():
     views, proj, _ = _truncated_scan()
     roi = Grid.centered(24, 1.5, CENTER)

@@ -47,8 +47,9 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
    voxels); with ``init_fine_passes`` the fine Gaussians' box (the ROI grown by ``init_fine_margin`` mm) is
    then re-solved at the output spacing by SART with the coarse exterior fixed
    (:func:`~ixgs_ros.core.rtk_baseline.refine_inner`; full-body T12, 25 views: init 26.79 -> 27.6 dB, final
-   27.16 -> 27.47 dB; with tv_denoise 27.36 -> 28.25 dB). Solves already at the output spacing are not
-   refined. Measured on the full-body T12 scan: with coarse context Gaussians instead
+   27.16 -> 27.47 dB; with tv_denoise 27.36 -> 28.25 dB; with the coarse solve's TV doubled,
+   ``init_exterior_tv_scale``, and 12 fine passes whose TV decays from 0.02 to 0.004: 27.27 -> 28.92 dB).
+   Solves already at the output spacing are not refined. Measured on the full-body T12 scan: with coarse context Gaussians instead
    (``context_mode="gaussians"``, group 1, never densified; also what ``init="lattice"`` uses) the ROI
    Gaussians absorbed the unexplained exterior mass and the 3D PSNR fell during optimisation.
 3. *Optimisation.* ``views_per_step`` views per iteration, loss ``L1 + λ_ssim D-SSIM + λ_tv TV3D`` (TV on a
@@ -105,14 +106,21 @@ class EngineConfig:
     init: str = "rtk"               # rtk: SART volume (RTK) | lattice: density-only blob fit (no RTK)
     init_sart_iterations: int = 48  # SART passes of the init (each followed by TV denoising, see below; T12
                                     # ROI-only 25 views, init alone: 24 passes 34.27 dB, 48 passes 34.50)
-    init_exterior_sart_iterations: int | None = 24  # ... instead, when material lies outside the ROI (the
-                                    # coarse full-body solve, 4x the voxels: 24 passes keep it under 5 minutes;
-                                    # None: init_sart_iterations)
+    init_exterior_sart_iterations: int | None = 20  # ... instead, when material lies outside the ROI (the
+                                    # coarse full-body solve, 4x the voxels, about 4.2 s a pass: 20 passes keep
+                                    # the whole run under 5 minutes; T12 full-body 25 views, init alone with 12
+                                    # fine passes: 24 / 20 coarse passes 28.92 / 28.86 dB; None:
+                                    # init_sart_iterations)
     init_tv_weight: float = 0.03    # rtk_baseline.sart_tv: TV weight of the first pass; 0 = plain RTK SART
     init_tv_weight_final: float | None = 0.003  # ... decaying geometrically to this at the last (None: constant)
                                     # (T12 25 views, init alone, relaxation 0.6: ROI-only 30.94 dB, full-body
                                     # 26.16; 16 passes at a constant 0.01: 30.39 / 25.21; plain SART-16: 29.19 /
                                     # 24.37)
+    init_exterior_tv_scale: float = 2.0  # both weights times this for the coarse full-body solve (no support
+                                    # constraint there: stronger TV helps. T12 full-body 25 views, init alone,
+                                    # coarse solve then 6 fine passes at TV 0.003: x1 28.25 dB, x2 28.62; with
+                                    # the exact exterior, TV-SART on the ROI + 10 mm box: x1 28.39, x2 28.63,
+                                    # x4 28.64)
     init_sart_lambda: float = 1.3   # SART relaxation of the init passes (RTK's default 0.3, its baseline 0.6;
                                     # T12 25 views, init alone, 24 passes: 0.6 -> 32.97 / 26.16 dB,
                                     # 1.0 -> 33.45 / 26.67, 1.3 -> 33.69 / 26.79 ROI-only / full-body; with
@@ -149,15 +157,19 @@ class EngineConfig:
     exterior_overlap: float = 1.5   # fine Gaussians extend this many solve voxels past the ROI (background mode)
     init_solve_max_voxels: int = 160 ** 3  # the init's solve grid is at the ROI's spacing when the box holding
                                     # the material fits in this many voxels, else coarser (full-body: 2.75 mm)
-    init_fine_passes: int = 6       # background mode: SART passes re-solving the fine Gaussians' box at the
+    init_fine_passes: int = 12      # background mode: SART passes re-solving the fine Gaussians' box at the
                                     # output spacing with the coarse exterior fixed (rtk_baseline.refine_inner;
-                                    # full-body T12 25 views, init alone from 26.79 dB at 2.75 mm, 6 passes
-                                    # with the box grown by 5 / 8 / 12 mm: 27.39 / 27.58 / 27.66; 12 passes at
-                                    # 10 mm: 27.70; relaxation 1.0 / 1.7 instead of 1.3: -0.08 / -0.03 dB;
-                                    # TV 0.01: -0.06 dB; 0 = off)
-    init_fine_margin: float = 10.0  # ... that box: the ROI grown by at least this many mm
+                                    # full-body T12 25 views, init alone, session 7 (scikit-image TV) from 26.79
+                                    # dB at 2.75 mm, 6 passes with the box grown by 5 / 8 / 12 mm: 27.39 / 27.58
+                                    # / 27.66; session 9, from the x2-TV coarse solve (27.27 dB), box grown by
+                                    # 10 mm: 6 / 10 / 16 passes at TV 0.006: 28.69 / 28.83 / 28.93; 10 / 14 / 16
+                                    # passes at TV 0.02 -> 0.003: 28.87 / 28.93 / 28.95; 12 at 0.02 -> 0.004:
+                                    # 28.92, about 3.5 s a pass; 0 = off)
+    init_fine_margin: float = 10.0  # ... that box: the ROI grown by at least this many mm (16 mm: -0.02 dB)
     init_fine_lambda: float = 1.3   # ... their relaxation
-    init_fine_tv_weight: float = 0.003  # ... and TV weight
+    init_fine_tv_weight: float = 0.02  # ... and TV weight of the first pass (6 passes: 0.003 / 0.006 / 0.01:
+                                    # 28.62 / 28.69 / 28.63 dB)
+    init_fine_tv_weight_final: float | None = 0.004  # ... decaying geometrically to this (None: constant)
     context_extent: float = 3.0     # context box half-size in ROI half-sizes
     context_lattice: int = 12       # context lattice points per axis
     # optimisation
@@ -231,6 +243,12 @@ class EngineConfig:
             tv_schedule(self.init_sart_iterations, self.init_tv_weight, self.init_tv_weight_final)
         except ValueError as e:
             raise EngineError(f"init_tv_weight / init_tv_weight_final: {e}") from None
+        if not self.init_exterior_tv_scale >= 0:
+            raise EngineError(f"init_exterior_tv_scale must be >= 0, got {self.init_exterior_tv_scale}")
+        try:
+            tv_schedule(self.init_fine_passes, self.init_fine_tv_weight, self.init_fine_tv_weight_final)
+        except ValueError as e:
+            raise EngineError(f"init_fine_tv_weight / init_fine_tv_weight_final: {e}") from None
         if self.context_mode not in ("background", "gaussians"):
             raise EngineError(f"context_mode must be 'background' or 'gaussians', got {self.context_mode!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -513,8 +531,11 @@ class ReconstructionEngine:
         passes = cfg.init_sart_iterations
         if exterior and cfg.init_exterior_sart_iterations is not None:
             passes = cfg.init_exterior_sart_iterations
-        sol = rb.sart_tv(views, proj, solve, passes, cfg.init_tv_weight,
-                         tv_weight_final=cfg.init_tv_weight_final, support=support, lam=cfg.init_sart_lambda)
+        tv0, tv1 = cfg.init_tv_weight, cfg.init_tv_weight_final
+        if exterior:
+            tv0, tv1 = tv0 * cfg.init_exterior_tv_scale, None if tv1 is None else tv1 * cfg.init_exterior_tv_scale
+        sol = rb.sart_tv(views, proj, solve, passes, tv0, tv_weight_final=tv1, support=support,
+                         lam=cfg.init_sart_lambda)
         sol = np.maximum(sol, 0)
         self._init_spacing = float(solve.spacing.max())
         fine_grid = self.grid
@@ -541,7 +562,8 @@ class ReconstructionEngine:
             fine_grid = rb.pad_grid(self.grid, pad)
             # split into the exterior and the fine box (0 passes: just the coarse solution resampled)
             roi, outside = rb.refine_inner(views, proj, solve, sol, fine_grid, fine_passes,
-                                           lam=cfg.init_fine_lambda, tv_weight=cfg.init_fine_tv_weight)
+                                           lam=cfg.init_fine_lambda, tv_weight=cfg.init_fine_tv_weight,
+                                           tv_weight_final=cfg.init_fine_tv_weight_final)
             self._exterior = (outside, solve)
         else:
             roi = resample(sol, solve, fine_grid, order=1)
