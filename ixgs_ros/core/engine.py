@@ -68,6 +68,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -212,6 +213,10 @@ class EngineConfig:
     mu_ref: float = MU_WATER
 
     def validate(self):
+        for key, choices in (("init", ("rtk", "lattice")), ("placement", ("lattice", "sample")),
+                             ("backend", ("auto", "torch", "cpp", "cuda"))):
+            if getattr(self, key) not in choices:
+                raise EngineError(f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
         if self.iterations < 1:
             raise EngineError(f"iterations must be >= 1, got {self.iterations}")
         if self.lattice_spacing is not None and not self.lattice_spacing > 0:
@@ -1030,10 +1035,24 @@ class ReconstructionEngine:
             "exterior_grid": None if self._exterior is None else self._exterior[1].to_dict(),
             "material_ends_at_roi": self._material_ends_at_roi,
         }
-        save_file(tensors, str(d / "state.safetensors"))
+        # crash-safe: the tensors go to a new file that only the new state.json names, state.json is replaced
+        # atomically, and only then is the previous tensor file removed; an interrupted save leaves the previous
+        # state loadable
+        old = None
+        if (d / "state.json").exists():
+            try:
+                old = json.loads((d / "state.json").read_text()).get("tensors_file", "state.safetensors")
+            except (ValueError, AttributeError):
+                old = None
+        name = f"state-{uuid.uuid4().hex[:12]}.safetensors"
+        save_file(tensors, str(d / name))
+        meta["tensors_file"] = name
         tmp = d / "state.json.tmp"
         tmp.write_text(json.dumps(meta))
         tmp.replace(d / "state.json")
+        for stale in d.glob("state*.safetensors"):  # the previous file and any left by interrupted saves
+            if stale.name != name and (stale.name == old or stale.name.startswith("state-")):
+                stale.unlink(missing_ok=True)
         return d
 
     @classmethod
@@ -1041,16 +1060,25 @@ class ReconstructionEngine:
         from safetensors.torch import load_file
 
         d = Path(directory)
-        if not (d / "state.json").exists() or not (d / "state.safetensors").exists():
-            raise EngineError(f"{d}: not an engine state directory (state.json / state.safetensors missing)")
-        meta = json.loads((d / "state.json").read_text())
-        if meta.get("format") != "ixgs-engine-state" or meta.get("version") != STATE_VERSION:
-            raise EngineError(f"{d}: unsupported state format {meta.get('format')!r} v{meta.get('version')}")
+        if not (d / "state.json").exists():
+            raise EngineError(f"{d}: not an engine state directory (state.json missing)")
+        try:
+            meta = json.loads((d / "state.json").read_text())
+        except ValueError as e:
+            raise EngineError(f"{d}/state.json: not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != "ixgs-engine-state" \
+                or meta.get("version") != STATE_VERSION:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            ver = meta.get("version") if isinstance(meta, dict) else None
+            raise EngineError(f"{d}: unsupported state format {fmt!r} v{ver}")
+        tensors_file = d / meta.get("tensors_file", "state.safetensors")
+        if not tensors_file.exists():
+            raise EngineError(f"{d}: {tensors_file.name}, named by state.json, is missing")
         cfg = EngineConfig.from_dict(meta["config"])
         if device is not None:
             cfg.device = device
         eng = cls(Grid(meta["grid"]["shape"], np.array(meta["grid"]["affine"])), cfg)
-        tensors = load_file(str(d / "state.safetensors"))
+        tensors = load_file(str(tensors_file))
         for i, vmeta in enumerate(meta["views"]):
             view = View(np.array(vmeta["K"]), np.array(vmeta["T_world_source"]), vmeta["width"], vmeta["height"])
             vd = eng._prepare_view(view, tensors[f"view.{i}.image"], vmeta["holdout"])

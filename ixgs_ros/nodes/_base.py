@@ -6,6 +6,7 @@ from typing import Any, Callable, Mapping
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
@@ -15,10 +16,16 @@ ParameterSpec = Mapping[str, tuple[Any, str]]
 
 
 def declare_parameters(node: Node, spec: ParameterSpec) -> dict[str, Any]:
-    """Declare every parameter of ``spec`` on ``node`` and return their current values by name."""
+    """Declare every parameter of ``spec`` on ``node`` and return their current values by name.
+
+    A value of the wrong type (e.g. ``voxel_size_mm:=1`` for a double) raises ``ValueError`` naming the
+    parameter, which :func:`run_node` reports in one line."""
     values = {}
     for name, (default, description) in spec.items():
-        node.declare_parameter(name, default, ParameterDescriptor(description=description))
+        try:
+            node.declare_parameter(name, default, ParameterDescriptor(description=description))
+        except ParameterException as exc:
+            raise ValueError(f"parameter {name}: {exc}") from None
         values[name] = node.get_parameter(name).value
     return values
 
@@ -33,7 +40,13 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
         except ValueError as exc:  # bad parameters: one clear line, no traceback
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        rclpy.spin(node)
+        try:
+            rclpy.spin(node)
+        except Exception:
+            if rclpy.ok():
+                raise
+            # SIGINT/SIGTERM shut the context down while the executor was building its wait set: rclpy then
+            # raises RCLError ("the given context is not valid") instead of ExternalShutdownException
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
