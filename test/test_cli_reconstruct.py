@@ -11,7 +11,8 @@ from ixgs_ros.core.geometry import View, look_at
 from ixgs_ros.core.phantom import Ellipsoid, make_scan, voxelize
 from ixgs_ros.core.volume import Grid, save_nifti
 
-SMALL_ENGINE = {"lattice_cg_iterations": 10, "tv_size": 8, "init_sart_iterations": 2}
+SMALL_ENGINE = {"lattice_cg_iterations": 10, "tv_size": 8, "init_sart_iterations": 2,
+                "init_exterior_sart_iterations": 2, "init_fine_passes": 2}
 
 
 PHANTOM = [Ellipsoid((0, 0, 0), (22, 18, 26), mu=0.02),

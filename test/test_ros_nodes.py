@@ -175,6 +175,9 @@ def test_node_rejects_bad_parameter(ros_env):
     ("voxel_size_mm:=1", "error: parameter voxel_size_mm: Trying to set parameter 'voxel_size_mm' to '1' of type "
                          "'INTEGER', expecting type 'DOUBLE'"),
     ("engine_overrides:=[init_lattice=2.5]", "error: engine configuration: init_lattice must be of type int, got 2.5"),
+    ("engine_overrides:=[placement=spiral]", "error: engine configuration: placement must be one of lattice, "
+                                             "sample, got 'spiral'"),
+    ("reinit_growth:=0.5", "error: reinit_growth must be 0 (never) or > 1, got 0.5"),
 ])
 def test_reconstruction_node_rejects_bad_parameters(ros_env, arg, error):
     proc = start_node("reconstruction", ros_env, "-p", arg)
@@ -229,11 +232,12 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
         "volume_size": [16, 16, 16], "voxel_size_mm": 2.5, "volume_center_mm": center, "device": "cpu",
         "iterations": iterations, "refine_iterations": refine, "min_views": 7, "heldout_views": 1,
         "status_rate_hz": 10.0, "volume_publish_period_s": 30.0, "state_dir": str(state_dir),
-        "engine_overrides": ["init_sart_iterations=3", "init_tv_weight=0.01", "init_tv_weight_final=null",
+        "engine_overrides": ["init_sart_iterations=3", "init_exterior_sart_iterations=null", "init_fine_passes=2",
+                             "init_tv_weight=0.01", "init_tv_weight_final=null",
                              "lr_density=1e-2", "tv_size=8", "seed=3"],
     }}}))
     grid = Grid.centered(16, 2.5, center)
-    views, images = sphere_scan(10)
+    views, images = sphere_scan(12)
     msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
     wrong_frame = cv.view_to_xray_view(views[9], images[9], view_id="wrong_frame", frame_id="map")
 
@@ -317,11 +321,24 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
         time.sleep(0.5)
         spin_until(lambda: False, timeout=0.5)
         assert last_status().views_used == 8
+        # three more shots: 11 training views >= reinit_growth (1.5) x the 7 of the init -> the node
+        # re-initialises from all 11 and runs a new schedule
+        volumes.clear()
+        publish(*msgs[9:12])
+        def reinitialised():  # 25 iterations, then one refinement per batch of the new views before the
+            s = last_status()  # third one arrives, then a new schedule of 20
+            return (s is not None and s.state == ReconstructionStatus.CONVERGED and s.views_used == 11
+                    and s.iterations >= iterations + refine + iterations)
+        if not spin_until(reinitialised):
+            pytest.fail(f"no re-init: {last_status()}\n{stop(procs.pop())[1]}")
+        assert spin_until(lambda: volumes), "no volume after the re-initialisation"
+        assert not np.array_equal(cv.msg_to_volume(volumes[-1])[0], final)
         rc, out = stop(procs.pop())
         outputs.append(out)
         assert rc == 0, out
         assert "restored 9 views (1 held out) and 25 iterations" in out, out
         assert "rejected view 'shot_3': duplicate view_id" in out, out
+        assert "re-initialising from 11 training views (the current volume was initialised from 7)" in out, out
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
@@ -329,9 +346,9 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
             stop(p)
 
 
-def test_reconstruction_node_reports_a_failed_optimisation_and_keeps_running(ros_env):
-    """A grid that no view sees makes the engine's initialisation fail: the status says ERROR with the reason,
-    the accepted views stay, and the node still stops cleanly."""
+def test_reconstruction_node_rejects_views_that_do_not_see_its_grid(ros_env):
+    """A grid far from where the C-arm looks: every view is refused with the reason, nothing is optimised, and
+    the node stops cleanly."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
@@ -339,14 +356,13 @@ def test_reconstruction_node_reports_a_failed_optimisation_and_keeps_running(ros
     from ixgs_ros.msg import ReconstructionStatus, XrayView
     from ixgs_ros.nodes import convert as cv
 
-    ns = "/ixgs_fail"
+    ns = "/ixgs_far"
     proc = start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "-p", "volume_size:=[16,16,16]",
-                      "-p", "volume_center_mm:=[5000.0,0.0,0.0]", "-p", "status_rate_hz:=10.0",
-                      "-p", "engine_overrides:=[init=lattice, init_iterations=20]")
+                      "-p", "volume_center_mm:=[5000.0,0.0,0.0]", "-p", "status_rate_hz:=10.0")
     ctx = rclpy.Context()
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
     try:
-        node = rclpy.create_node("ixgs_fail_probe", context=ctx)
+        node = rclpy.create_node("ixgs_far_probe", context=ctx)
         executor = SingleThreadedExecutor(context=ctx)
         executor.add_node(node)
         statuses = []
@@ -363,10 +379,61 @@ def test_reconstruction_node_reports_a_failed_optimisation_and_keeps_running(ros
         views, images = sphere_scan(3)
         for i, (v, im) in enumerate(zip(views, images)):
             pub.publish(cv.view_to_xray_view(v, im, view_id=f"shot_{i}"))
-        assert spin_until(lambda: statuses[-1].state == ReconstructionStatus.ERROR), statuses[-1]
-        assert statuses[-1].message.startswith("optimisation failed: ") and statuses[-1].views_used == 3
+        spin_until(lambda: False, timeout=2.0)
+        assert statuses[-1].state == ReconstructionStatus.IDLE and statuses[-1].views_used == 0, statuses[-1]
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
         rc, out = stop(proc)
-    assert rc == 0 and "optimisation failed" in out, out
+    assert rc == 0, out
+    for i in range(3):
+        assert f"rejected view 'shot_{i}': the engine refused it: the view does not see the reconstruction grid" \
+            in out, out
+
+
+def test_reconstruction_node_reports_a_failed_optimisation_retries_and_keeps_its_views(monkeypatch):
+    """Fault injection in-process (ReconstructionEngine.step made to fail): the status says ERROR with the
+    reason, the accepted views stay, a new training view retries, and the node shuts down cleanly."""
+    import rclpy
+
+    from ixgs_ros.core.engine import ReconstructionEngine
+    from ixgs_ros.nodes import convert as cv
+    from ixgs_ros.nodes.reconstruction import ReconstructionNode
+
+    calls = []
+
+    def failing_step(self, n=1, callback=None):
+        calls.append(len(self.train_indices))
+        raise RuntimeError("simulated solver failure")
+
+    monkeypatch.setattr(ReconstructionEngine, "step", failing_step)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "-r", "__ns:=/ixgs_fault", "-p", "volume_size:=[16,16,16]",
+                                  "-p", "min_views:=3"])
+    node = None
+    try:
+        node = ReconstructionNode(context=ctx)
+        views, images = sphere_scan(4)
+        msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
+
+        def wait_for(cond, timeout=30.0):
+            deadline = time.monotonic() + timeout
+            while not cond() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return cond()
+
+        for m in msgs[:3]:
+            node._on_view(m)
+        assert wait_for(lambda: node.node_status()["state"] == "error"), node.node_status()
+        st = node.node_status()
+        assert st["message"].startswith("optimisation failed: RuntimeError: simulated solver failure"), st
+        assert st["views_used"] == 3 and calls == [3]
+        time.sleep(1.2)                      # no retry without a reason
+        assert calls == [3]
+        node._on_view(msgs[3])               # a new training view: one more try, with all four views
+        assert wait_for(lambda: calls == [3, 4]), calls
+        assert wait_for(lambda: node.node_status()["state"] == "error" and node.node_status()["views_used"] == 4)
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)

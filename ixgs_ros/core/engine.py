@@ -337,6 +337,8 @@ class ReconstructionEngine:
         self.model: GaussianModel | None = None
         self.optim = _Adam()
         self.iteration = 0
+        self._schedule_start = 0  # iteration at which the current learning-rate schedule began (reinitialize)
+        self._init_views = 0      # training views the current model was initialised from
         self.history: list[dict] = []
         self.wall_time = 0.0
         self._gen = torch.Generator().manual_seed(self.config.seed)
@@ -368,6 +370,17 @@ class ReconstructionEngine:
         if img.min() < -0.05 * max(float(img.max()), 1e-6):
             raise EngineError(f"image has strongly negative values (min {img.min():.3g}): expected line "
                               "integrals (-log(I/I0)), not raw intensities")
+        lo, hi = self.grid.bounds()
+        normals, offsets = view.frustum_planes()
+        # plus the plane through the source facing the detector (the pyramid lies in front of it): the grid's
+        # 8 corners all outside one of these planes means no ray of the view crosses the grid
+        normals = np.vstack([normals, view.principal_axis])
+        offsets = np.append(offsets, -float(view.principal_axis @ view.source))
+        if ((self.grid.corners() @ normals.T + offsets) < 0).all(axis=0).any():
+            raise EngineError(
+                f"the view does not see the reconstruction grid (box {np.round(lo, 1).tolist()} .. "
+                f"{np.round(hi, 1).tolist()} mm lies outside its viewing pyramid from the source at "
+                f"{np.round(view.source, 1).tolist()} mm): check T_world_source (camera-to-world, mm) and K")
         vd = self._prepare_view(view, torch.from_numpy(img.copy()), holdout)
         self.views.append(vd)
         return len(self.views) - 1
@@ -495,6 +508,8 @@ class ReconstructionEngine:
             fine_m, fine_s, fine_d = self._sample_from_field(field, field_grid_n)
         else:
             raise EngineError(f"unknown placement {cfg.placement!r}: use 'lattice' or 'sample'")
+        if len(fine_m) == 0:
+            raise EngineError("no Gaussian could be placed: no training view sees the reconstruction grid")
         parts_m, parts_s, parts_d, parts_g = [fine_m], [fine_s], [fine_d], [torch.zeros(len(fine_m))]
         if cfg.context and ctx is not None and len(ctx[0]):
             parts_m.append(ctx[0])
@@ -808,10 +823,11 @@ class ReconstructionEngine:
     # ================================================================= optimisation
     def _lrs(self) -> dict[str, float]:
         cfg = self.config
-        t = min(1.0, self.iteration / max(1, cfg.iterations))
+        it = self.iteration - self._schedule_start
+        t = min(1.0, it / max(1, cfg.iterations))
         f = cfg.lr_final_factor ** t
         if cfg.lr_warmup > 0:
-            f *= min(1.0, (self.iteration + 1) / cfg.lr_warmup)
+            f *= min(1.0, (it + 1) / cfg.lr_warmup)
         return {"means": cfg.lr_means * f, "raw_density": cfg.lr_density * f,
                 "raw_scales": cfg.lr_scales * f, "raw_quats": cfg.lr_quats * f}
 
@@ -840,10 +856,11 @@ class ReconstructionEngine:
         t0 = time.perf_counter()
         if self.model is None:
             self._initialise()
+            self._init_views = len(self.train_indices)
         cfg = self.config
         self._ensure_backgrounds()
         for _ in range(int(n)):
-            coarse = self.iteration < cfg.coarse_fraction * cfg.iterations
+            coarse = self.iteration - self._schedule_start < cfg.coarse_fraction * cfg.iterations
             l1 = loss = 0.0
             used = []
             for _k in range(max(1, min(cfg.views_per_step, len(self.train_indices)))):
@@ -881,6 +898,41 @@ class ReconstructionEngine:
         self.wall_time += time.perf_counter() - t0
         return self.status()
 
+    @property
+    def schedule_done(self) -> bool:
+        """True once the current learning-rate schedule (``config.iterations`` from its start) has run; more
+        ``step`` calls keep refining at the final learning rates."""
+        return self.model is not None and self.iteration - self._schedule_start >= self.config.iterations
+
+    def reinitialize(self) -> dict:
+        """Solve the initialisation again from *all* current training views and restart the learning-rate
+        schedule (live use: the first init ran on the few views present then, and views added later only join
+        the loss, which on a CPU schedule barely moves the volume). The model, optimiser state, exterior and
+        the views' backgrounds are replaced; views, iteration count and history are kept (the schedule now
+        counts from the current iteration). Costs one initialisation. Returns :meth:`status`."""
+        if not self.train_indices:
+            raise EngineError("cannot reinitialise: no training views have been added")
+        t0 = time.perf_counter()
+        old = (self.model, self.optim, self._exterior, [vd.background for vd in self.views],
+               self._grad_accum, self._grad_count, self._material_ends_at_roi, self._init_spacing)
+        try:
+            self._exterior = None
+            for vd in self.views:
+                vd.background = None
+            self._initialise()
+            self._ensure_backgrounds()
+        except BaseException:  # a failed re-init leaves the previous model in place
+            (self.model, self.optim, self._exterior, bgs, self._grad_accum, self._grad_count,
+             self._material_ends_at_roi, self._init_spacing) = old
+            for vd, bg in zip(self.views, bgs):
+                vd.background = bg
+            raise
+        self._schedule_start = self.iteration
+        self._init_views = len(self.train_indices)
+        self._order = []
+        self.wall_time += time.perf_counter() - t0
+        return self.status()
+
     # ----------------------------------------------------------------- adaptive density control
     def _reset_densify_stats(self):
         n = len(self.model)
@@ -898,7 +950,7 @@ class ReconstructionEngine:
 
     def _adaptive_density_control(self):
         cfg = self.config
-        it = self.iteration
+        it = self.iteration - self._schedule_start
         until = cfg.densify_until_fraction * cfg.iterations
         if not cfg.densify or it < cfg.densify_from or it % cfg.densify_interval != 0:
             return
@@ -991,11 +1043,12 @@ class ReconstructionEngine:
         m = self.model
         return {
             "state": "waiting_for_views" if not self.train_indices else
-                     ("idle" if m is None else ("converged" if self.iteration >= self.config.iterations
-                                               else "optimizing")),
+                     ("idle" if m is None else ("converged" if self.schedule_done else "optimizing")),
             "views_used": len(self.train_indices),
             "views_holdout": len(self.holdout_indices),
             "iterations": self.iteration,
+            "schedule_start": self._schedule_start,
+            "init_views": self._init_views,
             "num_gaussians": 0 if m is None else len(m),
             "num_context_gaussians": 0 if m is None else int((m.group == 1).sum()),
             "loss": self._last_loss,
@@ -1030,6 +1083,7 @@ class ReconstructionEngine:
             "config": asdict(self.config), "grid": self.grid.to_dict(), "frame": self.frame.to_dict(),
             "views": [{**vd.view.to_dict(), "holdout": vd.holdout} for vd in self.views],
             "iteration": self.iteration, "history": self.history, "wall_time": self.wall_time,
+            "schedule_start": self._schedule_start, "init_views": self._init_views,
             "order": self._order, "last_loss": self._last_loss,
             "model_meta": None if self.model is None else self.model.metadata(),
             "exterior_grid": None if self._exterior is None else self._exterior[1].to_dict(),
@@ -1100,6 +1154,8 @@ class ReconstructionEngine:
         eng._material_ends_at_roi = bool(meta.get("material_ends_at_roi", False))
         eng._gen.set_state(tensors["rng"])
         eng.iteration = meta["iteration"]
+        eng._schedule_start = int(meta.get("schedule_start", 0))
+        eng._init_views = int(meta.get("init_views", len(eng.train_indices) if eng.model is not None else 0))
         eng.history = meta["history"]
         eng.wall_time = meta["wall_time"]
         eng._order = list(meta["order"])

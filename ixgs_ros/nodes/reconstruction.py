@@ -28,11 +28,15 @@ for the optimisation. A background worker thread owns the engine (every engine c
 it hands queued views to ``engine.add_view``, and once ``min_views`` training views are in it runs
 ``engine.step`` in chunks of :data:`CHUNK_ITERATIONS` until ``iterations`` are done, publishing snapshots
 as above. The engine initialises (RTK SART + Gaussian fit, most of the accuracy) at the first step, from
-the training views present then; views that arrive later join the optimisation's loss only. So, when the
-number of shots is known in advance, set ``min_views`` to it. After the schedule, a new training view makes
-the node run ``refine_iterations`` more iterations (``ReconstructionEngine.step`` past
-``config.iterations`` keeps the learning rates at their final, decayed value: a gentle refinement, not a
-new schedule; 0 = store such views without optimising).
+the training views present then; views that arrive later join the optimisation's loss, which on a CPU
+schedule barely moves the volume. So once the training views reach ``reinit_growth`` times the views the
+current volume was initialised from (default 1.5: 3 -> 5 -> 8 -> 12 -> 18 -> 27 views), the worker calls
+``engine.reinitialize()`` (the init again from all views, then a new schedule) and publishes the new volume
+at once; the total cost stays within about three final inits. When the number of shots is known in
+advance, set ``min_views`` to it and skip the intermediate inits. After the schedule, a new training view
+that does not trigger a re-init makes the node run ``refine_iterations`` more iterations
+(``ReconstructionEngine.step`` past the schedule keeps the learning rates at their final, decayed value: a
+gentle refinement, not a new schedule; 0 = store such views without optimising).
 
 With ``state_dir`` set, the engine state (views, model, optimiser, schedule position) plus the node's own
 bookkeeping (``node_state.json``: the accepted ``view_id`` list and the schedule target) is written there
@@ -85,6 +89,10 @@ PARAMETERS = {
     "heldout_views": (0, "The first N accepted views are kept out of training to report heldout_psnr_2d"),
     "iterations": (100, "Optimisation iterations per reconstruction (the engine's schedule length, "
                         "EngineConfig.iterations)"),
+    "reinit_growth": (1.5, "Re-initialise from all training views (the RTK init again: minutes on a CPU at "
+                           "128^3) and restart the schedule once the training views reach this multiple of the "
+                           "views the current volume was initialised from; 0 = never (later views then only join "
+                           "the loss)"),
     "refine_iterations": (50, "Iterations run after the schedule each time new training views arrive "
                               "(at the schedule's final learning rate); 0 = store them without optimising"),
     "volume_size": ([128, 128, 128], "Output grid size in voxels (I, J, K)"),
@@ -188,8 +196,9 @@ def build_engine_config(engine_config: str, engine_overrides, iterations: int, d
 
 # ------------------------------------------------------------------------------------------------ node
 class ReconstructionNode(Node):
-    def __init__(self):
-        super().__init__(NAME)
+    def __init__(self, **node_kwargs):
+        """``node_kwargs`` go to ``rclpy.node.Node`` (e.g. ``context=`` to run in a given context)."""
+        super().__init__(NAME, **node_kwargs)
         p = self.params = declare_parameters(self, PARAMETERS)
         rate = float(p["status_rate_hz"])
         if not rate > 0:
@@ -206,6 +215,9 @@ class ReconstructionNode(Node):
         self.min_views = int(p["min_views"])
         self.heldout_views = int(p["heldout_views"])
         self.refine_iterations = int(p["refine_iterations"])
+        self.reinit_growth = float(p["reinit_growth"])
+        if not (self.reinit_growth == 0 or self.reinit_growth > 1) or not math.isfinite(self.reinit_growth):
+            raise ValueError(f"reinit_growth must be 0 (never) or > 1, got {self.reinit_growth}")
         self.publish_period = period
         self.grid = make_grid(p["volume_size"], float(p["voxel_size_mm"]), p["volume_center_mm"])
         self.device = resolve_device(p["device"])
@@ -464,6 +476,9 @@ class ReconstructionNode(Node):
                 self._wait(0.5)
                 return
             self._error = None
+        if self._reinit_due(st):
+            self._reinitialise()
+            return
         if int(st["views_used"]) >= self.min_views and int(st["iterations"]) < self.target:
             if self._last_publish_time is None:  # the snapshot period counts from the start
                 self._last_publish_time = time.monotonic()
@@ -492,6 +507,31 @@ class ReconstructionNode(Node):
             self._safe_publish()  # e.g. a restored, finished reconstruction: publish it once
             return
         self._wait(0.5)
+
+    def _reinit_due(self, st: dict[str, Any]) -> bool:
+        return (self.reinit_growth > 0 and int(st["num_gaussians"]) > 0 and int(st["init_views"]) > 0
+                and int(st["views_used"]) >= self.reinit_growth * int(st["init_views"]))
+
+    def _reinitialise(self) -> None:
+        """Initialise again from all training views and restart the schedule; the previous volume stays
+        published until the next snapshot, and a failure keeps the previous model."""
+        st = self._engine_status
+        self._log("info", f"re-initialising from {st['views_used']} training views (the current volume was "
+                          f"initialised from {st['init_views']})")
+        t0 = time.monotonic()
+        try:
+            with self.engine_lock:
+                new_status = self.engine.reinitialize()
+                self.target = self.engine.iteration + self.engine.config.iterations
+                self._save()
+        except Exception as exc:
+            self._error = f"re-initialisation failed: {type(exc).__name__}: {exc}"
+            self._log("error", self._error)
+            return
+        self._engine_status = new_status
+        self._safe_publish()  # the new init's volume goes out at once
+        self._log("info", f"re-initialised in {time.monotonic() - t0:.1f} s; schedule restarted "
+                          f"({self.config.iterations} iterations)")
 
     def _safe_publish(self) -> None:
         try:
