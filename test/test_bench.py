@@ -129,6 +129,7 @@ def test_bench_results_schema(tiny_run):
         for key in ("wall_s", "peak_rss_mb", "rss_before_mb", "peak_rss_growth_mb", "job_s"):
             assert _number(r[key]), key
         assert r["wall_s"] > 0 and r["peak_rss_mb"] > 0 and isinstance(r["iterations"], int)
+        assert 0.0 <= r["cpu_steal_pct"] <= 100.0           # this machine is Linux: /proc/stat exists
         mt = r["metrics"]
         for key in ("psnr_3d", "ssim_3d", "psnr_2d", "ssim_2d"):
             assert _number(mt[key]), key
@@ -146,6 +147,15 @@ def test_bench_results_schema(tiny_run):
     rtk = [r for r in recs if r["method"] in ("fdk", "sart")]
     assert all("solve_shape" in r["info"] for r in rtk)
     assert any("PSNR3D" in x for x in lines)
+
+
+def test_cpu_steal_is_the_share_of_ticks_given_to_other_guests():
+    from ixgs_ros.core.bench import cpu_times, steal_pct
+
+    assert steal_pct((100, 1000), (400, 2000)) == pytest.approx(30.0)
+    assert steal_pct(None, (1, 2)) is None and steal_pct((5, 10), (5, 10)) is None
+    steal, total = cpu_times()
+    assert 0 <= steal <= total
 
 
 def test_bench_writes_report_and_plots(tiny_run):

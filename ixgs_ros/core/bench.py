@@ -246,6 +246,26 @@ def _git_commit() -> str | None:
         return None
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """``(steal, total)`` CPU ticks of all CPUs since boot from /proc/stat (None where there is none)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
+def steal_pct(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """Share (%) of the CPU time between two :func:`cpu_times` readings that the hypervisor gave to other
+    guests: on a shared VM, wall times measured while it is high are inflated by about 1 / (1 - steal)."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return 100.0 * (end[0] - start[0]) / (end[1] - start[1])
+
+
 def machine_info() -> dict:
     """Machine facts recorded with the results (CPU, memory, library versions, load)."""
     import numpy
@@ -589,6 +609,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     cases = select_cases(cfg.cases)
     n_total = max(cfg.views) + cfg.holdout
     t_start = time.perf_counter()
+    cpu_start = cpu_times()
     machine = machine_info()
     results = {"schema": RESULTS_SCHEMA, "command": cfg.command, "date": machine["date"], "machine": machine,
                "config": {k: v for k, v in asdict(cfg).items() if k not in ("command",)},
@@ -649,8 +670,10 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
                        "n_views": n, "n_holdout": len(held), "method": method,
                        "memory_isolated": bool(cfg.isolate)}
                 t0 = time.perf_counter()
+                cpu0 = cpu_times()
                 try:
                     rec.update(_run_isolated(job) if cfg.isolate else run_method(job))
+                    rec["cpu_steal_pct"] = steal_pct(cpu0, cpu_times())
                     with np.load(result_path) as z:
                         vol, pred = z["volume"], z["holdout_pred"]
                     rec["metrics"] = _score(vol, pred, gt, grid, labels, held_proj, cfg.surface)
@@ -663,7 +686,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
                     m = rec["metrics"]
                     say(f"[bench]   {tag}: PSNR3D {m['psnr_3d']:.2f} dB, SSIM3D {m['ssim_3d']:.3f}, "
                         f"PSNR2D {m['psnr_2d']:.2f} dB, wall {rec['wall_s']:.1f} s, "
-                        f"peak RSS {rec['peak_rss_mb']:.0f} MB")
+                        f"peak RSS {rec['peak_rss_mb']:.0f} MB, CPU steal {_fmt(rec['cpu_steal_pct'], '.0f')} %")
                 except Exception as exc:  # noqa: BLE001 - a failed method is recorded, the benchmark goes on
                     rec["error"] = f"{type(exc).__name__}: {exc}"
                     say(f"[bench]   {tag}: FAILED ({rec['error']})")
@@ -681,6 +704,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     except OSError:
         pass
     results["machine"]["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["machine"]["cpu_steal_pct"] = steal_pct(cpu_start, cpu_times())
     results["total_s"] = time.perf_counter() - t_start
     results["files"] = sorted(str(p.relative_to(out)) for p in (out / "plots").glob("*.png"))
     _write_json(out / "results.json", results)
@@ -726,18 +750,20 @@ def write_markdown(results: dict) -> str:
         f"Machine: {mc.get('cpu_model') or 'unknown CPU'}, {mc.get('cpu_count')} CPUs, "
         f"{mc.get('mem_total_gb')} GB RAM, {'GPU ' + mc['gpu'] if mc.get('gpu') else 'no GPU'}; "
         f"Python {mc.get('python')}, torch {mc.get('torch')}, itk-rtk {mc.get('itk_rtk')}; "
-        f"load average at start {_fmt_load(mc.get('load_avg_start'))}, end {_fmt_load(mc.get('load_avg_end'))}  ",
+        f"load average at start {_fmt_load(mc.get('load_avg_start'))}, end {_fmt_load(mc.get('load_avg_end'))}; "
+        f"CPU steal over the run {_fmt(mc.get('cpu_steal_pct'), '.0f')} % (time the hypervisor gave to other "
+        "guests: wall times scale by about 1 / (1 - steal))  ",
         f"Scans: {cfg['detector']}^2 px detector, ROI {cfg['roi_size']}^3 at {cfg['roi_spacing']:g} mm, "
         f"{cfg['holdout']} held-out views, seed {cfg['seed']}, renderer {cfg['renderer']}",
         "",
         "| case | views | method | iterations | PSNR 3D (dB) | SSIM 3D | PSNR 2D (dB) | SSIM 2D | "
-        "surface mean (mm) | HD95 (mm) | wall (s) | peak RSS (MB) | RSS growth (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "surface mean (mm) | HD95 (mm) | wall (s) | CPU steal (%) | peak RSS (MB) | RSS growth (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["records"]:
         if "error" in r:
             lines.append(f"| {r['case']} | {r['n_views']} | {r['method']} | - | failed: "
-                         f"{r['error'][:80].replace('|', '/')} | | | | | | | | |")
+                         f"{r['error'][:80].replace('|', '/')} | | | | | | | | | |")
             continue
         m = r["metrics"]
         s = m.get("surface") or {}
@@ -745,7 +771,7 @@ def write_markdown(results: dict) -> str:
             f"| {r['case']} | {r['n_views']} | {r['method']} | {r.get('iterations', '-')} | "
             f"{_fmt(m['psnr_3d'], '.2f')} | {_fmt(m['ssim_3d'], '.3f')} | {_fmt(m['psnr_2d'], '.2f')} | "
             f"{_fmt(m['ssim_2d'], '.3f')} | {_fmt(s.get('mean_mm'), '.2f')} | {_fmt(s.get('hd95_mm'), '.2f')} | "
-            f"{_fmt(r['wall_s'], '.1f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
+            f"{_fmt(r['wall_s'], '.1f')} | {_fmt(r.get('cpu_steal_pct'), '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
             f"{_fmt(r.get('peak_rss_growth_mb'), '.0f')} |")
     lines += ["", "Zero-volume 3D PSNR (reference floor): " + ", ".join(
         f"{c['name']} {_fmt(c['zero_psnr_3d'], '.2f')} dB" for c in results["cases"]), ""]
