@@ -154,3 +154,26 @@ def test_write_mpr_pngs(tmp_path):
     for p in paths.values():
         img = imread(str(p))
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 200
+
+
+def test_montage_label_leaves_the_bottom_letter_visible():
+    """The row/plane label of a montage cell (bottom left) must neither cover nor run into the bottom
+    orientation letter (the demo's "ground truth (CT) coronal" once hid the "I")."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ixgs_ros.core.mpr import annotate, montage_label
+
+    fig = Figure(figsize=(3.2, 3.2), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(np.zeros((128, 128)))
+    ax.set_axis_off()
+    letters = annotate(ax, (0, 1, 0), (0, 0, -1), 1.0, (128, 128), info=montage_label("ground truth (CT)", "coronal"))
+    canvas.draw()
+    r = canvas.get_renderer()
+    texts = {t.get_text(): t for t in ax.texts}
+    bottom, info = texts[letters["bottom"]], texts["ground truth (CT)\ncoronal"]
+    assert not bottom.get_window_extent(r).overlaps(info.get_window_extent(r))
+    assert bottom.get_zorder() > info.get_zorder()
+    assert montage_label("", "axial") == "axial"

@@ -23,6 +23,7 @@ from .volume import MU_WATER, Grid, VolumeError
 
 __all__ = [
     "PATIENT_LETTERS",
+    "montage_label",
     "direction_letters",
     "edge_letters",
     "Window",
@@ -237,7 +238,9 @@ def annotate(ax, right, down, pixel_mm: float, shape, *, title: str | None = Non
     outline = [pe.withStroke(linewidth=3, foreground="black")]
     labels = edge_letters(right, down)
     if letters:
-        kw = dict(color=color, fontsize=15, fontweight="bold", transform=ax.transAxes, path_effects=outline)
+        # above the title / info text, so that a long info line cannot hide the bottom letter
+        kw = dict(color=color, fontsize=15, fontweight="bold", transform=ax.transAxes, path_effects=outline,
+                  zorder=6)
         ax.text(0.5, 0.985, labels["top"], ha="center", va="top", **kw)
         ax.text(0.5, 0.015, labels["bottom"], ha="center", va="bottom", **kw)
         ax.text(0.012, 0.5, labels["left"], ha="left", va="center", **kw)
@@ -340,6 +343,11 @@ def write_mpr(volume, grid: Grid, out_dir, point=None, *, planes=("axial", "coro
     return paths
 
 
+def montage_label(row: str, plane: str) -> str:
+    """A montage cell's label: the row's name over the plane's, so that it stays short."""
+    return f"{row}\n{plane}" if row else plane
+
+
 def write_mpr_montage(volumes, grid: Grid, path, point=None, *, window: Window = Window(),
                       planes=("axial", "coronal", "sagittal"), title: str | None = None, max_size: int = 384,
                       dpi: int = 100) -> Path:
@@ -375,8 +383,9 @@ def write_mpr_montage(volumes, grid: Grid, path, point=None, *, window: Window =
                       origin="upper", aspect="equal")
             ax.set_xlim(-0.5, pl.shape[1] - 0.5)
             ax.set_ylim(pl.shape[0] - 0.5, -0.5)
-            # the row/plane label goes bottom-left so the top edge keeps its orientation letter
-            annotate(ax, pl.right, pl.down, pl.pixel_mm, pl.shape, info=f"{label} {name}".strip())
+            # the row/plane label goes bottom-left so the top edge keeps its orientation letter, on two lines
+            # so that it stays left of the bottom letter
+            annotate(ax, pl.right, pl.down, pl.pixel_mm, pl.shape, info=montage_label(label, name))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=dpi, facecolor="black")
