@@ -1,0 +1,122 @@
+"""Stronger priors for the full-body fine re-solve (``rtk_baseline.refine_inner``): iteratively reweighted TV in
+place of its TV denoiser, and non-local means on its result. Session 12's experiment (BENCHMARKS.md); neither
+was taken into the engine.
+
+    python benchmarks/fine_prior_sweep.py SCAN_DIR [--views 25] [--coarse-cache F.npy] [--nlm H,...] \\
+        PASSES,TV0,TV1,DELTA ...
+
+``SCAN_DIR`` is a full-body scan simulated by ``ixgs bench`` (e.g.
+``bench_out/scans/T12-full-body-arc160-28v-256px-128x1mm-siddon-s0``). The coarse solve is the engine's (20
+TV-SART passes, weights 0.06 -> 0.006, relaxation 1.3, on ``default_solve_grid``), then each setting re-solves
+the ROI grown by 10 mm at the output spacing: PASSES SART passes, TV weight decaying TV0 -> TV1, and DELTA > 0
+replaces the denoiser by a reweighted one whose per-voxel bound is ``weight / (1 + |grad f| / DELTA)`` (f the
+volume scaled to its maximum: its edges are smoothed less); DELTA = 0 is the engine's denoiser. ``--nlm``
+applies scikit-image's non-local means (3^3 patches, search distance 4) to the first setting's result with
+h = each factor times a noise estimate (median absolute Laplacian). Prints the 3D PSNR / SSIM over the ROI.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def reweighted_tv(x: np.ndarray, weight: float, iterations: int, delta: float) -> np.ndarray:
+    """Chambolle-Pock ROF denoising as ``rtk_baseline.tv_denoise`` but with a per-voxel dual bound (weighted TV)
+    computed once from the input's forward-difference gradient magnitude."""
+    import torch
+
+    if weight == 0:
+        return x
+    scale = max(float(np.max(x)), 1e-12)
+    f = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) / scale
+    g2 = torch.zeros_like(f)
+    for a in range(f.ndim):
+        n = f.shape[a]
+        d = torch.zeros_like(f)
+        d.narrow(a, 0, n - 1).copy_(f.narrow(a, 1, n - 1) - f.narrow(a, 0, n - 1))
+        g2 += d * d
+    bound = float(weight) / (1.0 + g2.sqrt() / float(delta))
+    tau, sigma = 0.25, 1.0 / 3.0
+    u, ub = f.clone(), f.clone()
+    p = torch.zeros((f.ndim,) + tuple(f.shape), dtype=torch.float32)
+    for _ in range(int(iterations)):
+        for a in range(f.ndim):
+            n = ub.shape[a]
+            p[a].narrow(a, 0, n - 1).add_(ub.narrow(a, 1, n - 1) - ub.narrow(a, 0, n - 1), alpha=sigma)
+        p.div_(torch.clamp(p.square().sum(0).sqrt() / bound, min=1.0))
+        div = torch.zeros_like(f)
+        for a in range(f.ndim):
+            n = div.shape[a]
+            pa = p[a].narrow(a, 0, n - 1)
+            div.narrow(a, 0, n - 1).add_(pa)
+            div.narrow(a, 1, n - 1).sub_(pa)
+        u_new = (u + tau * div + tau * f) / (1.0 + tau)
+        ub = 2.0 * u_new - u
+        u = u_new
+    return (u * scale).numpy().astype(np.float32)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("scan_dir")
+    ap.add_argument("settings", nargs="+", metavar="PASSES,TV0,TV1,DELTA")
+    ap.add_argument("--views", type=int, default=25)
+    ap.add_argument("--holdout", type=int, default=3)
+    ap.add_argument("--coarse-cache", default=None, help="a .npy file holding (or to hold) the coarse solve")
+    ap.add_argument("--nlm", default="", help="comma-separated h factors for non-local means")
+    a = ap.parse_args(argv)
+
+    from bench_scan import load_training
+    from ixgs_ros.core import rtk_baseline as rb
+    from ixgs_ros.core.metrics import psnr_3d, ssim_3d
+
+    grid, gt, views, proj = load_training(a.scan_dir, a.views, a.holdout)
+    solve = rb.default_solve_grid(views, grid, projections=proj)
+    t = time.perf_counter()
+    if a.coarse_cache and Path(a.coarse_cache).exists():
+        coarse = np.load(a.coarse_cache)
+    else:
+        coarse = np.maximum(rb.sart_tv(views, proj, solve, 20, 0.06, tv_weight_final=0.006, lam=1.3), 0)
+        if a.coarse_cache:
+            np.save(a.coarse_cache, coarse)
+    fine = rb.pad_grid(grid, int(np.ceil(10.0 / float(grid.spacing.min()) - 1e-6)))
+
+    def report(x, g, name, t0):
+        v = rb.resample_volume(x, g, grid)
+        print(f"{name}: {psnr_3d(v, gt):.3f} dB / {ssim_3d(v, gt):.4f} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+
+    report(coarse, solve, f"coarse TV-SART on {solve.shape} at {solve.spacing[0]:.2f} mm", t)
+    plain = rb.tv_denoise
+    first = None
+    try:
+        for spec in a.settings:
+            passes, tv0, tv1, delta = spec.split(",")
+            d = float(delta)
+            rb.tv_denoise = plain if d == 0 else (lambda x, w, it=20, _d=d: reweighted_tv(x, w, it, _d))
+            t = time.perf_counter()
+            x, _ = rb.refine_inner(views, proj, solve, coarse, fine, int(passes), lam=1.3, tv_weight=float(tv0),
+                                   tv_weight_final=float(tv1))
+            report(x, fine, f"refine {passes} passes, TV {tv0} -> {tv1}, delta {delta}", t)
+            first = x if first is None else first
+    finally:
+        rb.tv_denoise = plain
+    if a.nlm:
+        from scipy.ndimage import laplace
+        from skimage.restoration import denoise_nl_means
+
+        s = max(float(first.max()), 1e-12)
+        xn = first / s
+        sig = float(np.median(np.abs(laplace(xn))) / 0.6745 / np.sqrt(42.0))
+        for h in (float(v) for v in a.nlm.split(",")):
+            t = time.perf_counter()
+            y = denoise_nl_means(xn, patch_size=3, patch_distance=4, h=h * sig, sigma=sig, fast_mode=True) * s
+            report(y.astype(np.float32), fine, f"  + non-local means, h = {h} x {sig:.2e}", t)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
