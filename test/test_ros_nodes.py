@@ -86,6 +86,8 @@ def stop(proc: subprocess.Popen) -> tuple[int, str]:
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # run_node's faulthandler: every thread's stack into the output
+            time.sleep(1.0)
             proc.kill()
             proc.wait()
     return proc.returncode, proc.stdout.read()
@@ -162,6 +164,25 @@ def test_nodes_run_and_reconstruction_reports_status(ros_env):
         assert rc == 0, f"{name} did not stop cleanly on SIGTERM (rc={rc}):\n{out}"
         assert ("skeleton node" in out) == (name != "reconstruction"), out
     assert "rejected view: XrayView 'bad'" in results["reconstruction"][1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_node_stops_promptly_on_signal_at_any_moment(ros_env, sig):
+    """Stops sent at several moments after start-up all end the node cleanly (exit 0) within a few seconds.
+    (rclpy's own handlers now and then left the executor blocked in rcl_wait: about 1 stop in 20 hung.)"""
+    for delay in (0.0, 0.3, 1.0):
+        proc = start_node("ingest", ros_env)
+        line = proc.stdout.readline()  # the start-up log line: the node is spinning
+        assert "xray_ingest_node" in line, line
+        time.sleep(delay)
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        try:
+            rc = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            rc, out = stop(proc)
+            raise AssertionError(f"no exit 10 s after {sig.name} (delay {delay} s):\n{out}")
+        assert rc == 0 and time.monotonic() - t0 < 5.0, (delay, rc, proc.stdout.read())
 
 
 def test_node_rejects_bad_parameter(ros_env):
