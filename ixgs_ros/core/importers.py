@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import GeometryError, View
+from .radiograph import to_line_integral as _log_transform
 from .scan import Scan, ScanError
 
 __all__ = ["ScanImportError", "import_folder", "read_poses", "entry_to_view", "read_image",
@@ -450,11 +451,7 @@ def import_folder(src, poses=None, kind: str = "raw", to_line_integral: bool = F
     if not np.isfinite(proj).all():
         raise ScanImportError(f"{src}: images contain NaN or inf values")
     if to_line_integral:
-        lo, hi = i0 * 1e-6, i0
-        info["to_line_integral"] = {"i0": i0, "clipped_low": int((proj < lo).sum()),
-                                    "clipped_high": int((proj > hi).sum())}
-        proj = (-np.log(np.clip(proj, lo, hi) / i0)).astype(np.float32)
-        proj = np.maximum(proj, 0.0, out=proj)  # -0.0 -> 0.0
+        proj, info["to_line_integral"] = _log_transform(proj, i0)
         kind = "line_integral"
     scan = Scan(views, proj, kind, {"import": info})
     try:

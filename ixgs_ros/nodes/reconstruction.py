@@ -296,7 +296,7 @@ class ReconstructionNode(Node):
         wanted = dataclasses.asdict(self.config)
         diff = sorted(k for k in saved if k != "device" and saved[k] != wanted.get(k))
         if diff:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"state_dir {str(d)!r}: continuing with the saved engine configuration, which differs from the "
                 "parameters in " + ", ".join(f"{k} (saved {saved[k]!r}, parameters {wanted[k]!r})" for k in diff))
         ids: list[str] = []
@@ -308,9 +308,9 @@ class ReconstructionNode(Node):
                 ids = [str(v) for v in meta.get("view_ids", [])]
                 target = max(target, int(meta.get("target", target)))
             except (ValueError, TypeError, AttributeError) as exc:
-                self.get_logger().warn(f"{side}: unreadable ({exc}); view ids of the restored views are unknown")
+                self.get_logger().warning(f"{side}: unreadable ({exc}); view ids of the restored views are unknown")
         if len(ids) != len(eng.views):
-            self.get_logger().warn(f"{side}: {len(ids)} view ids for {len(eng.views)} saved views; "
+            self.get_logger().warning(f"{side}: {len(ids)} view ids for {len(eng.views)} saved views; "
                                    "the ids of the others are unknown (duplicates of them are not detected)")
             ids = (ids + [""] * len(eng.views))[: len(eng.views)]
         self.view_ids = ids
