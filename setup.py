@@ -12,6 +12,7 @@ NODES = {
     "xray_ingest_node": "ixgs_ros.nodes.ingest:main",
     "standardize_node": "ixgs_ros.nodes.standardize:main",
     "reconstruction_node": "ixgs_ros.nodes.reconstruction:main",
+    "scan_player_node": "ixgs_ros.nodes.player:main",
 }
 
 setup(

@@ -20,7 +20,8 @@ install(CODE "execute_process(COMMAND \"${Python3_EXECUTABLE}\" -m compileall -q
 set(_ixgs_nodes
   "xray_ingest_node=ingest"
   "standardize_node=standardize"
-  "reconstruction_node=reconstruction")
+  "reconstruction_node=reconstruction"
+  "scan_player_node=player")
 foreach(_entry IN LISTS _ixgs_nodes)
   string(REPLACE "=" ";" _pair "${_entry}")
   list(GET _pair 0 _node)

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_ITEMS = ["package.xml", "CMakeLists.txt", "cmake", "msg", "ixgs_ros", "setup.py", "setup.cfg",
                  "resource", "launch", "config"]
-NODES = ["xray_ingest_node", "standardize_node", "reconstruction_node"]
+NODES = ["xray_ingest_node", "standardize_node", "reconstruction_node", "scan_player_node"]
 MESSAGES = {"XrayView": "_xray_view.py", "Volume": "_volume.py", "ReconstructionStatus": "_reconstruction_status.py"}
 
 pytestmark = pytest.mark.ros

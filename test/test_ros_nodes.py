@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = {"xray_ingest_node": "ingest", "standardize_node": "standardize",
-           "reconstruction_node": "reconstruction"}
+PIPELINE = {"xray_ingest_node": "ingest", "standardize_node": "standardize",
+            "reconstruction_node": "reconstruction"}  # what launch/ixgs.launch.py starts
+MODULES = {**PIPELINE, "scan_player_node": "player"}  # + the scan player (a stand-in C-arm, started by hand)
 
 pytestmark = pytest.mark.ros
 
@@ -42,7 +43,7 @@ def test_executables_agree_everywhere():
     launch = ast.parse((ROOT / "launch" / "ixgs.launch.py").read_text())  # not importable here (no launch)
     consts = {n.targets[0].id: ast.literal_eval(n.value) for n in launch.body
               if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)}
-    assert consts["PACKAGE"] == "ixgs_ros" and set(consts["NODES"]) == set(MODULES)
+    assert consts["PACKAGE"] == "ixgs_ros" and set(consts["NODES"]) == set(PIPELINE)
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in launch.body)
 
 
@@ -292,10 +293,18 @@ def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ro
         assert np.allclose(image, expected.reshape(12, 2, 16, 2).mean(axis=(1, 3)), atol=1e-5)
 
 
-def test_node_rejects_bad_parameter(ros_env):
-    proc = start_node("standardize", ros_env, "-p", "downsample:=0")
+@pytest.mark.parametrize("module,arg,error", [
+    ("standardize", "downsample:=0", "error: downsample must be >= 1, got 0"),
+    ("standardize", "i0:=-1.0", "error: i0 must be >= 0 (0 = from the message or estimated), got -1.0"),
+    ("ingest", "max_sync_skew_s:=-0.1", "error: max_sync_skew_s must be >= 0, got -0.1"),
+    ("ingest", "image_kind:=counts", "error: image_kind must be 'raw' or 'line_integral', got 'counts'"),
+    ("player", "rate_hz:=2.0", "error: scan_dir is required (-p scan_dir:=/path/to/scan)"),
+    ("player", "scan_dir:=/nonexistent/scan", "error: scan_dir '/nonexistent/scan': "),
+])
+def test_node_rejects_bad_parameter(ros_env, module, arg, error):
+    proc = start_node(module, ros_env, "-p", arg)
     rc, out = proc.wait(timeout=30), proc.stdout.read()
-    assert rc == 2 and "error: downsample must be >= 1, got 0" in out and "Traceback" not in out
+    assert rc == 2 and error in out and "Traceback" not in out, out
 
 
 @pytest.mark.parametrize("arg,error", [
@@ -334,6 +343,63 @@ def sphere_scan(n: int, size: int = 32, seed: int = 0):
              [0.0, 0.0, 1.0]]
         views.append(View(K, look_at(src, (0.0, 0.0, 0.0), (0.0, 0.0, 1.0)), size, size))
     return views, project([Ellipsoid((0.0, 0.0, 0.0), (SPHERE_RADIUS,) * 3, mu=MU)], views)
+
+
+def test_scan_player_drives_ingest_and_standardize(ros_env, tmp_path):
+    """A scan played as a C-arm (detector counts, camera_info, a 100 Hz tracker) comes out of the
+    ingest -> standardize chain as every view, in order, with its exact geometry and its line integrals
+    (to the 16-bit count quantisation)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from ixgs_ros.core.scan import Scan
+    from ixgs_ros.msg import XrayView
+    from ixgs_ros.nodes import convert as cv
+
+    views, proj = sphere_scan(4, size=32, seed=4)
+    Scan(views, proj).save(tmp_path / "scan")
+    i0 = 30000.0
+    ns = "/ixgs_play"
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    procs = {}
+    try:
+        node = rclpy.create_node("ixgs_test_probe", context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(node)
+        got = []
+        node.create_subscription(XrayView, f"{ns}/xray_views", got.append, 10)
+
+        def spin_until(cond, timeout=60.0):
+            deadline = time.monotonic() + timeout
+            while not cond() and time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.05)
+            return cond()
+
+        procs["ingest"] = start_node("ingest", ros_env, "-r", f"__ns:={ns}")
+        procs["standardize"] = start_node("standardize", ros_env, "-r", f"__ns:={ns}")  # i0 estimated
+        assert spin_until(lambda: node.count_publishers(f"{ns}/xray_views") > 0
+                          and node.count_subscribers(f"{ns}/image_raw") > 0)
+        spin_until(lambda: False, timeout=1.0)
+        procs["player"] = start_node("player", ros_env, "-r", f"__ns:={ns}", "-p", f"scan_dir:={tmp_path / 'scan'}",
+                                     "-p", "rate_hz:=4.0", "-p", "pose_rate_hz:=100.0", "-p", f"raw_i0:={i0}")
+        spin_until(lambda: len(got) >= len(views))
+        spin_until(lambda: False, timeout=0.5)
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+        results = {name: stop(p) for name, p in procs.items()}
+    logs = "\n".join(f"--- {name}\n{out}" for name, (rc, out) in results.items())
+    assert all(rc == 0 for rc, _ in results.values()), logs
+    assert [m.view_id for m in got] == [f"shot_{k:03d}" for k in range(len(views))], logs
+    assert "played all 4 views" in results["player"][1]
+    for msg, view, p in zip(got, views, proj):
+        v = cv.xray_view_to_view(msg)
+        assert np.allclose(v.K, view.K) and np.allclose(v.T_world_source, view.T_world_source, atol=1e-6)
+        image = cv.xray_view_image(msg)
+        # the corner pixels see air, so the estimated i0 is the true one and only the count rounding remains
+        assert np.abs(image - p).max() < 2e-3 and msg.image_kind == XrayView.IMAGE_KIND_LINE_INTEGRAL
 
 
 def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(ros_env, tmp_path):

@@ -1,0 +1,119 @@
+"""scan_player_node: plays an ixgs-scan folder as a tracked C-arm, to drive the live pipeline without one.
+
+Publishes, like a C-arm driver plus an optical tracker would (topic names relative):
+
+* ``image_raw`` (sensor_msgs/Image): one shot every ``1 / rate_hz`` s. With ``raw_i0 > 0`` the scan's line
+  integrals become detector counts ``round(raw_i0 * exp(-p))`` (16UC1, clipped to 1..65535), else the line
+  integrals themselves (32FC1: run xray_ingest_node with ``image_kind:=line_integral``). A raw scan is
+  played as stored (16UC1 when its values fit, else 32FC1).
+* ``camera_info`` (sensor_msgs/CameraInfo) with each image, under the image's stamp.
+* ``source_pose`` (geometry_msgs/PoseStamped in ``world_frame``, metres): the tracker stream at
+  ``pose_rate_hz``, holding the pose of the latest shot, plus one sample at each shot's stamp.
+
+Stamps are the node clock's. After the last view it logs and idles (or starts over with ``loop``).
+
+    scan_player_node --ros-args -p scan_dir:=bench_out/scans/... -p raw_i0:=30000.0 -r __ns:=/ixgs
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+
+from ixgs_ros.core.scan import Scan, ScanError
+from ixgs_ros.nodes import convert as cv
+from ixgs_ros.nodes._base import declare_parameters, run_node
+
+NAME = "scan_player_node"
+
+PARAMETERS = {
+    "scan_dir": ("", "ixgs-scan folder to play (required)"),
+    "rate_hz": (1.0, "Shots per second"),
+    "pose_rate_hz": (50.0, "Rate of the simulated tracker's source_pose stream"),
+    "raw_i0": (0.0, "> 0: publish detector counts round(raw_i0 * exp(-line integral)); 0: line integrals"),
+    "world_frame": ("world", "Frame of the published source poses"),
+    "optical_frame": ("xray_source_optical", "frame_id of image_raw and camera_info"),
+    "loop": (False, "Start over after the last view"),
+}
+
+
+class ScanPlayerNode(Node):
+    def __init__(self, **node_kwargs):
+        """``node_kwargs`` go to ``rclpy.node.Node`` (e.g. ``context=``)."""
+        super().__init__(NAME, **node_kwargs)
+        p = self.params = declare_parameters(self, PARAMETERS)
+        if not p["scan_dir"]:
+            raise ValueError("scan_dir is required (-p scan_dir:=/path/to/scan)")
+        for key in ("rate_hz", "pose_rate_hz"):
+            if not p[key] > 0:
+                raise ValueError(f"{key} must be > 0, got {p[key]}")
+        if not p["raw_i0"] >= 0:
+            raise ValueError(f"raw_i0 must be >= 0 (0 = publish line integrals), got {p['raw_i0']}")
+        try:
+            self.scan = Scan.load(Path(p["scan_dir"]))
+        except (ScanError, OSError) as exc:
+            raise ValueError(f"scan_dir {p['scan_dir']!r}: {exc}") from None
+        if p["raw_i0"] > 0 and self.scan.image_kind != "line_integral":
+            raise ValueError(f"raw_i0 converts line integrals, but {p['scan_dir']!r} holds "
+                             f"{self.scan.image_kind} images")
+        self.next_index = 0
+        self.current_pose = None
+        self.pub_image = self.create_publisher(Image, "image_raw", 10)
+        self.pub_info = self.create_publisher(CameraInfo, "camera_info", 10)
+        self.pub_pose = self.create_publisher(PoseStamped, "source_pose", 50)
+        self.create_timer(1.0 / p["pose_rate_hz"], self._tracker_tick)
+        self.create_timer(1.0 / p["rate_hz"], self._shot_tick)
+        kind = f"detector counts (i0 {p['raw_i0']:g})" if p["raw_i0"] > 0 else f"{self.scan.image_kind} images"
+        self.get_logger().info(f"playing {len(self.scan)} views of {p['scan_dir']} as {kind} at "
+                               f"{p['rate_hz']:g} shots/s")
+
+    def image(self, index: int) -> np.ndarray:
+        """The image published for view ``index``."""
+        proj = self.scan.projections[index]
+        i0 = self.params["raw_i0"]
+        if i0 > 0:
+            return np.clip(np.round(i0 * np.exp(-proj.astype(np.float64))), 1, 65535).astype(np.uint16)
+        if self.scan.image_kind == "raw" and proj.min() >= 0 and proj.max() <= 65535 and \
+                np.array_equal(proj, np.round(proj)):
+            return proj.astype(np.uint16)
+        return proj.astype(np.float32)
+
+    def _publish_pose(self, stamp) -> None:
+        msg = PoseStamped()
+        msg.header = cv.make_header(self.params["world_frame"], stamp)
+        msg.pose = cv.matrix_to_pose(self.current_pose)
+        self.pub_pose.publish(msg)
+
+    def _tracker_tick(self) -> None:
+        if self.current_pose is not None:
+            self._publish_pose(self.get_clock().now().to_msg())
+
+    def _shot_tick(self) -> None:
+        if self.next_index >= len(self.scan):
+            if not self.params["loop"]:
+                return
+            self.next_index = 0
+        i = self.next_index
+        self.next_index += 1
+        view = self.scan.views[i]
+        stamp = self.get_clock().now().to_msg()
+        header = cv.make_header(self.params["optical_frame"], stamp)
+        self.current_pose = view.T_world_source
+        self.pub_info.publish(cv.view_to_camera_info(view, header))
+        self.pub_image.publish(cv.array_to_image(self.image(i), header=header))
+        self._publish_pose(stamp)
+        if self.next_index == len(self.scan):
+            self.get_logger().info(f"played all {len(self.scan)} views" +
+                                   ("; starting over" if self.params["loop"] else ""))
+
+
+def main(args=None) -> int:
+    return run_node(ScanPlayerNode, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
