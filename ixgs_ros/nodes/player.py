@@ -10,7 +10,9 @@ Publishes, like a C-arm driver plus an optical tracker would (topic names relati
 * ``source_pose`` (geometry_msgs/PoseStamped in ``world_frame``, metres): the tracker stream at
   ``pose_rate_hz``, holding the pose of the latest shot, plus one sample at each shot's stamp.
 
-Stamps are the node clock's. After the last view it logs and idles (or starts over with ``loop``).
+Stamps are the node clock's. With ``wait_for_subscribers`` (default) it starts once the three topics have
+subscribers, so no shot is lost to discovery. After the last view it logs and idles (or starts over with
+``loop``).
 
     scan_player_node --ros-args -p scan_dir:=bench_out/scans/... -p raw_i0:=30000.0 -r __ns:=/ixgs
 """
@@ -38,6 +40,7 @@ PARAMETERS = {
     "world_frame": ("world", "Frame of the published source poses"),
     "optical_frame": ("xray_source_optical", "frame_id of image_raw and camera_info"),
     "loop": (False, "Start over after the last view"),
+    "wait_for_subscribers": (True, "Start playing once image_raw, camera_info and source_pose have subscribers"),
 }
 
 
@@ -62,6 +65,7 @@ class ScanPlayerNode(Node):
                              f"{self.scan.image_kind} images")
         self.next_index = 0
         self.current_pose = None
+        self.waiting = bool(p["wait_for_subscribers"])
         self.pub_image = self.create_publisher(Image, "image_raw", 10)
         self.pub_info = self.create_publisher(CameraInfo, "camera_info", 10)
         self.pub_pose = self.create_publisher(PoseStamped, "source_pose", 50)
@@ -92,7 +96,16 @@ class ScanPlayerNode(Node):
         if self.current_pose is not None:
             self._publish_pose(self.get_clock().now().to_msg())
 
+    def _subscribed(self) -> bool:
+        return all(pub.get_subscription_count() > 0 for pub in (self.pub_image, self.pub_info, self.pub_pose))
+
     def _shot_tick(self) -> None:
+        if self.waiting:
+            if not self._subscribed():
+                return
+            self.waiting = False
+            self.get_logger().info("subscribers are up: playing")
+            return  # one period for them to finish matching
         if self.next_index >= len(self.scan):
             if not self.params["loop"]:
                 return
