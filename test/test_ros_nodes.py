@@ -631,3 +631,29 @@ def test_reconstruction_node_reports_a_failed_optimisation_retries_and_keeps_its
         if node is not None:
             node.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def test_volume_snapshots_take_at_most_a_fifth_of_the_optimisation_time():
+    """The snapshot period stretches when a snapshot (voxelising, held-out score, state save) is slow, so
+    that snapshots take at most SNAPSHOT_SHARE of the worker's time; fast snapshots keep the parameter."""
+    import rclpy
+
+    from ixgs_ros.nodes.reconstruction import SNAPSHOT_SHARE, ReconstructionNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "-r", "__ns:=/ixgs_snap", "-p", "volume_size:=[8,8,8]",
+                                  "-p", "volume_publish_period_s:=5.0"])
+    node = None
+    try:
+        node = ReconstructionNode(context=ctx)
+        assert node.snapshot_period() == 5.0
+        node._snapshot_s = 0.5
+        assert node.snapshot_period() == 5.0
+        node._snapshot_s = 3.0  # e.g. 128³ with 100k Gaussians on 2 cores
+        period = node.snapshot_period()
+        assert period == pytest.approx(12.0) and node._snapshot_s / (period + node._snapshot_s) == \
+            pytest.approx(SNAPSHOT_SHARE)
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)

@@ -13,7 +13,8 @@ Interface (topic names are relative, so a namespace or remapping places them):
   of training and only scored (``heldout_psnr_2d``).
 * publishes ``volume`` (ixgs_ros/Volume, mu in 1/mm on the axis-aligned grid ``volume_size`` x
   ``voxel_size_mm`` centred on ``volume_center_mm`` in ``world_frame``; QoS depth 1, transient local, so
-  a late subscriber gets the latest snapshot) every ``volume_publish_period_s`` while optimising (counted
+  a late subscriber gets the latest snapshot) every ``volume_publish_period_s`` while optimising (stretched
+  so that snapshots take at most 20 % of the time, logged once when it is; counted
   from the start of the optimisation, so an initialisation longer than the period is followed by a
   snapshot at once), once when the schedule (or a refinement) ends, before the status says CONVERGED, and
   once after a restart that restored a reconstruction;
@@ -79,6 +80,10 @@ NAME = "reconstruction_node"
 #: Iterations per ``engine.step`` call of the worker: between chunks it takes new views, publishes and
 #: notices shutdown.
 CHUNK_ITERATIONS = 5
+#: While optimising, snapshots (volume, held-out score, state save) may take at most this share of the
+#: worker's time: the period between them stretches to ``snapshot time / SNAPSHOT_SHARE`` when longer
+#: than ``volume_publish_period_s``.
+SNAPSHOT_SHARE = 0.2
 #: The node's own bookkeeping next to the engine state in ``state_dir``.
 NODE_STATE_FILE = "node_state.json"
 
@@ -246,6 +251,8 @@ class ReconstructionNode(Node):
         self._heldout_psnr = math.nan
         self._error: str | None = None
         self._last_publish_time: float | None = None
+        self._snapshot_s = 0.0  # duration of the last snapshot
+        self._stretch_logged = False
         self._published_iteration = -1
 
         self.status_pub = self.create_publisher(ReconstructionStatus, "reconstruction_status", 10)
@@ -441,6 +448,7 @@ class ReconstructionNode(Node):
 
     def _publish_volume(self) -> None:
         """Snapshot: volume, held-out PSNR, state save (worker thread)."""
+        t0 = time.monotonic()
         with self.engine_lock:
             eng = self.engine
             mu = eng.volume()
@@ -448,12 +456,18 @@ class ReconstructionNode(Node):
                 self._heldout_psnr = float(eng.evaluate_holdout()["psnr_mean"])
             self._published_iteration = eng.iteration
             self._save()
-        self._last_publish_time = time.monotonic()
         msg = volume_to_msg(mu, self.grid, frame_id=self.world_frame, stamp=self.get_clock().now().to_msg())
         try:
             self.volume_pub.publish(msg)
         except Exception as exc:  # the context is shutting down
             self._log("debug", f"volume not published: {exc}")
+        self._last_publish_time = time.monotonic()
+        self._snapshot_s = self._last_publish_time - t0
+
+    def snapshot_period(self) -> float:
+        """Seconds between snapshots while optimising: ``volume_publish_period_s``, stretched so that
+        snapshots take at most :data:`SNAPSHOT_SHARE` of the time."""
+        return max(self.publish_period, self._snapshot_s * (1.0 - SNAPSHOT_SHARE) / SNAPSHOT_SHARE)
 
     def _run_worker(self) -> None:
         while True:
@@ -492,7 +506,13 @@ class ReconstructionNode(Node):
                 return
             if int(new_status["iterations"]) < self.target:
                 self._engine_status = new_status
-                if time.monotonic() - self._last_publish_time >= self.publish_period:
+                period = self.snapshot_period()
+                if period > self.publish_period and not self._stretch_logged:
+                    self._stretch_logged = True
+                    self._log("info", f"a volume snapshot takes {self._snapshot_s:.1f} s: publishing every "
+                                      f"{period:.1f} s instead of {self.publish_period:g} s, so snapshots take "
+                                      f"at most {100 * SNAPSHOT_SHARE:.0f} % of the optimisation time")
+                if time.monotonic() - self._last_publish_time >= period:
                     self._safe_publish()
                 return
             # schedule done: the final volume (and held-out score) goes out before CONVERGED does
