@@ -436,3 +436,15 @@ def test_tv_denoise_weight_map_weights_the_tv_per_voxel():
         rb.tv_denoise(noisy, 0.05, weight_map=ones[:5])
     with pytest.raises(ValueError, match="weight_map"):
         rb.tv_denoise(noisy, 0.05, weight_map=-ones)
+
+
+def test_coarse_binning_matches_the_detector_sampling_to_the_solve_grid():
+    """Source 600 mm from the centre, fx = 625 px: 0.96 mm pixels there. A 1 mm grid gets no binning, 2.75 mm
+    gets 2 (1.92 mm <= 2.75 < 2.88), 4 mm gets 4; a small detector keeps at least 32 pixels per side."""
+    K = [[625.0, 0.0, 127.5], [0.0, 625.0, 127.5], [0.0, 0.0, 1.0]]
+    views = [View(K, look_at([600.0 * np.sin(a), -600.0 * np.cos(a), 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]),
+                  256, 256) for a in np.radians([0.0, 45.0, 90.0])]
+    for spacing, b in ((1.0, 1), (2.75, 2), (4.0, 4)):
+        assert rb.coarse_binning(views, Grid.centered(64, spacing, (0.0, 0.0, 0.0))) == b, spacing
+    small = [View(K, v.T_world_source, 64, 64) for v in views]
+    assert rb.coarse_binning(small, Grid.centered(64, 4.0, (0.0, 0.0, 0.0))) == 2

@@ -384,6 +384,24 @@ def to_rtk_geometry(views: Sequence[View], T_frame_world: np.ndarray | None = No
 
 
 # ---------------------------------------------------------------------------------------------- projectors
+def coarse_binning(views: Sequence[View], solve_grid: Grid, min_pixels: int = 32) -> int:
+    """The largest integer detector binning whose pixels, back-projected to the solve grid's centre, are still
+    no larger than its voxels (1 when the detector is not finer than the grid), keeping at least
+    ``min_pixels`` pixels per detector side. A SART solve on a grid coarser than the detector sampling loses
+    nothing by binning the projections to it and forward-projects fewer rays. Measured on the full-body T12
+    scan (25 views, 256^2, 0.96 mm pixels at the centre, 2.75 mm solve grid; 20 TV-SART passes, then the
+    engine's fine re-solve on the unbinned views): binning 1 / 2 / 3 / 4: coarse solve 150 / 129 / 110 / 100 s,
+    27.21 / 27.23 / 27.00 / 26.67 dB; after the fine re-solve 28.86 / 28.96 / 28.82 / 28.67 dB (this rule: 2)."""
+    c = solve_grid.index_to_world((np.asarray(solve_grid.shape, dtype=np.float64) - 1.0) / 2.0)
+    pitch = 0.0
+    for v in views:
+        depth = float(v.world_to_camera(c[None])[0, 2])
+        pitch = max(pitch, depth / float(v.K[0, 0]), depth / float(v.K[1, 1]))
+    b = int(np.floor(float(solve_grid.spacing.min()) / pitch + 1e-9)) if pitch > 0 else 1
+    b = min(b, min(min(v.width, v.height) for v in views) // int(min_pixels))
+    return max(1, b)
+
+
 def pad_grid(grid: Grid, pad: int) -> Grid:
     """``grid`` grown by ``pad`` voxels on every side (same axes and spacing)."""
     A = np.array(grid.affine, dtype=np.float64)
