@@ -342,6 +342,7 @@ def test_coarse_init_on_a_binned_detector_matches_the_unbinned_one():
             eng.add_view(v, im)
         eng.step(1)
         rms[b] = float(np.sqrt(((eng.volume() - gt) ** 2).mean()))
+    assert rms[1] != rms[2], "the binned path did not run"
     assert np.isfinite(rms[2]) and rms[2] < 1.25 * rms[1], rms
 
 
