@@ -102,6 +102,17 @@ def stop(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, proc.stdout.read()
 
 
+def spinner(executor, default_timeout: float, period: float):
+    """``spin_until(cond, timeout=default_timeout)``: spin ``executor`` in ``period`` s slices until ``cond()``
+    holds or the time is up; returns ``cond()``."""
+    def spin_until(cond, timeout=default_timeout):
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=period)
+        return cond()
+    return spin_until
+
+
 def test_nodes_run_and_reconstruction_reports_status(ros_env):
     import rclpy
     from rcl_interfaces.srv import GetParameters
@@ -130,11 +141,7 @@ def test_nodes_run_and_reconstruction_reports_status(ros_env):
         node.create_subscription(ReconstructionStatus, f"{ns}/reconstruction_status", statuses.append, 10)
         views = node.create_publisher(XrayView, f"{ns}/xray_views", 10)
 
-        def spin_until(cond, timeout=30.0):
-            deadline = time.monotonic() + timeout
-            while not cond() and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.05)
-            return cond()
+        spin_until = spinner(executor, 30.0, 0.05)
 
         # parameters: YAML values, command-line overrides
         client = node.create_client(GetParameters, f"{ns}/reconstruction_node/get_parameters")
@@ -238,11 +245,7 @@ def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ro
         pub_info = node.create_publisher(CameraInfo, f"{ns}/camera_info", 10)
         pub_pose = node.create_publisher(PoseStamped, f"{ns}/source_pose", 50)
 
-        def spin_until(cond, timeout=30.0):
-            deadline = time.monotonic() + timeout
-            while not cond() and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.02)
-            return cond()
+        spin_until = spinner(executor, 30.0, 0.02)
 
         assert spin_until(lambda: pub_img.get_subscription_count() > 0 and pub_pose.get_subscription_count() > 0
                           and pub_info.get_subscription_count() > 0 and node.count_publishers(f"{ns}/xray_views") > 0)
@@ -371,11 +374,7 @@ def test_scan_player_drives_ingest_and_standardize(ros_env, tmp_path):
         got = []
         node.create_subscription(XrayView, f"{ns}/xray_views", got.append, 10)
 
-        def spin_until(cond, timeout=60.0):
-            deadline = time.monotonic() + timeout
-            while not cond() and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.05)
-            return cond()
+        spin_until = spinner(executor, 60.0, 0.05)
 
         procs["ingest"] = start_node("ingest", ros_env, "-r", f"__ns:={ns}")
         procs["standardize"] = start_node("standardize", ros_env, "-r", f"__ns:={ns}")  # i0 estimated
@@ -450,11 +449,7 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
                                             durability=DurabilityPolicy.TRANSIENT_LOCAL))
         pub = node.create_publisher(XrayView, f"{ns}/xray_views", 10)
 
-        def spin_until(cond, timeout=60.0):
-            deadline = time.monotonic() + timeout
-            while not cond() and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.05)
-            return cond()
+        spin_until = spinner(executor, 60.0, 0.05)
 
         def publish(*ms):
             for m in ms:
@@ -563,11 +558,7 @@ def test_reconstruction_node_rejects_views_that_do_not_see_its_grid(ros_env):
         node.create_subscription(ReconstructionStatus, f"{ns}/reconstruction_status", statuses.append, 10)
         pub = node.create_publisher(XrayView, f"{ns}/xray_views", 10)
 
-        def spin_until(cond, timeout=60.0):
-            deadline = time.monotonic() + timeout
-            while not cond() and time.monotonic() < deadline:
-                executor.spin_once(timeout_sec=0.05)
-            return cond()
+        spin_until = spinner(executor, 60.0, 0.05)
 
         assert spin_until(lambda: pub.get_subscription_count() > 0 and statuses), "reconstruction_node did not come up"
         views, images = sphere_scan(3)
