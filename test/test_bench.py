@@ -144,6 +144,8 @@ def test_bench_results_schema(tiny_run):
         times = [p["time_s"] for p in r["curve"]]
         assert times == sorted(times) and times[-1] <= r["wall_s"] + 1e-6
         assert r["info"]["num_gaussians"] > 0
+        stages = r["info"]["init_stages_s"]  # seconds per init stage, within the method's wall time
+        assert any("TV-SART" in k for k in stages) and sum(stages.values()) <= r["wall_s"] + 1e-6, stages
     rtk = [r for r in recs if r["method"] in ("fdk", "sart")]
     assert all("solve_shape" in r["info"] for r in rtk)
     assert any("PSNR3D" in x for x in lines)

@@ -69,18 +69,25 @@ def test_reconstruct_writes_contract_outputs(scan_dir, engine_cfg, tmp_path, cap
     assert "done in" in capsys.readouterr().out
 
 
-def test_reconstruct_like_uses_exact_grid_and_reports_3d_metrics(scan_dir, engine_cfg, tmp_path):
+def test_reconstruct_like_uses_exact_grid_and_reports_3d_metrics(scan_dir, engine_cfg, tmp_path, capsys):
+    """(Without --quiet: the progress bar names the initialisation's stages while they run.)"""
     grid = Grid((20, 22, 18), np.array([[2.4, 0, 0, -24], [0, 2.4, 0, -26], [0, 0, 2.8, -24], [0, 0, 0, 1.0]]))
     ref = tmp_path / "ref.nii.gz"
     save_nifti(ref, voxelize(PHANTOM, grid), grid)
     out = tmp_path / "out"
     rc = main(["reconstruct", str(scan_dir), "--out", str(out), "--like", str(ref), "--iterations", "5",
-               "--config", str(engine_cfg), "--gt", str(ref), "--no-navigation", "--quiet"])
+               "--config", str(engine_cfg), "--gt", str(ref), "--no-navigation"])
     assert rc == 0
     img = nib.load(out / "volume.nii.gz")
     assert img.shape == grid.shape and np.allclose(img.affine, grid.affine)
-    m = json.loads((out / "report.json").read_text())["metrics_3d"]
+    rep = json.loads((out / "report.json").read_text())
+    m = rep["metrics_3d"]
     assert np.isfinite(m["psnr"]) and 0 < m["ssim"] <= 1
+    stages = rep["init_stages_s"]
+    assert [k.split(" (")[0] for k in stages][-1] == "Gaussian lattice fit", stages
+    assert any(k.startswith("TV-SART") for k in stages) and all(v >= 0 for v in stages.values())
+    err = capsys.readouterr().err
+    assert "init: TV-SART" in err and "init: Gaussian lattice fit" in err and "ixgs reconstruct" in err
 
 
 def test_reconstruct_bad_input_gives_one_clear_error(scan_dir, tmp_path, capsys):

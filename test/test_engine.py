@@ -608,3 +608,91 @@ def test_init_passes_and_tv_differ_with_material_outside_the_roi(monkeypatch):
         assert (eng._exterior is not None) == (images is outside)
         # the coarse full-body solve's TV weights are init_exterior_tv_scale times the init's
         assert weights == [pytest.approx((0.03, 0.006) if images is outside else (0.01, 0.002))], weights
+
+
+class _Stop(Exception):
+    pass
+
+
+def _full_body_like():
+    """10 views of a small ROI sphere plus a big sphere outside the ROI, and an engine config that solves the
+    init coarser than the ROI, re-solves the ROI box finely and keeps the exterior as a background."""
+    roi = Grid.centered(16, 2.5, (0, 0, 0))
+    views = make_views(n=10, seed=2)
+    images = [a + b for a, b in zip(sphere_projection(views, 12.0), sphere_projection(views, 30.0, (55.0, 0, 0)))]
+    cfg = small_config(init_solve_max_voxels=20 ** 3, init_fine_passes=2, context=True, context_mode="background",
+                       iterations=10)
+    return roi, views, images, cfg
+
+
+def test_initialisation_reports_each_stage_and_its_passes():
+    roi, views, images, cfg = _full_body_like()
+    eng = ReconstructionEngine(roi, cfg)
+    for v, im in zip(views, images):
+        eng.add_view(v, im)
+    events = []
+    eng.step(2, progress=lambda stage, done, total: events.append((stage, done, total)))
+    stages = list(dict.fromkeys(e[0] for e in events))
+    assert [s.split(" (")[0] for s in stages] == ["coarse TV-SART", "fine TV-SART", "Gaussian lattice fit",
+                                                  "exterior projections"], stages
+    assert "mm)" in stages[0] and "Gaussians)" in stages[2]
+    for stage in stages:
+        seq = [(d, t) for s, d, t in events if s == stage]
+        assert seq[0][0] == 0 and seq[-1][0] == seq[-1][1] > 0, (stage, seq)   # announced, then completed
+        assert all(b[0] >= a[0] and b[1] == a[1] for a, b in zip(seq, seq[1:])), (stage, seq)
+    assert [d for s, d, t in events if s == stages[0]] == list(range(cfg.init_sart_iterations + 1))
+    assert [d for s, d, t in events if s == stages[1]] == [0, 1, 2]
+    n = len(events)
+    eng.step(2, progress=lambda *a: events.append(a))  # no initialisation, no progress
+    assert len(events) == n
+
+
+@pytest.mark.parametrize("stop_in, at", [("coarse TV-SART", 1), ("fine TV-SART", 1), ("Gaussian lattice fit", 1),
+                                         ("exterior projections", 0)])
+def test_an_initialisation_stopped_by_progress_loses_nothing(stop_in, at):
+    """A progress callback that raises (a shutdown) stops the initialisation in that stage; the engine keeps
+    its views, is not initialised, and the next step gives exactly what an uninterrupted engine gives."""
+    roi, views, images, cfg = _full_body_like()
+    ref = ReconstructionEngine(roi, cfg)
+    eng = ReconstructionEngine(roi, cfg)
+    for e in (ref, eng):
+        for v, im in zip(views, images):
+            e.add_view(v, im)
+    ref.step(3)
+
+    def stop(stage, done, total):
+        if stage.startswith(stop_in) and done == at:
+            raise _Stop(stage)
+
+    with pytest.raises(_Stop):
+        eng.step(3, progress=stop)
+    assert eng.model is None and eng.iteration == 0 and len(eng.views) == 10
+    assert eng._exterior is None and all(vd.background is None for vd in eng.views)
+    with pytest.raises(EngineError, match="not initialised"):
+        eng.render_view(0)
+    eng.step(3)
+    assert np.array_equal(eng.volume(), ref.volume())
+    assert np.array_equal(eng.render_view(4), ref.render_view(4))
+
+
+def test_a_reinitialisation_stopped_by_progress_keeps_the_previous_model():
+    roi, views, images, cfg = _full_body_like()
+    eng = ReconstructionEngine(roi, cfg)
+    for v, im in zip(views[:6], images[:6]):
+        eng.add_view(v, im)
+    eng.step(2)
+    before, it = eng.volume(), eng.iteration
+    bg_before = [vd.background.clone() for vd in eng.views]
+    for v, im in zip(views[6:], images[6:]):
+        eng.add_view(v, im)
+
+    def stop(stage, done, total):
+        if stage.startswith("fine TV-SART") and done == 1:
+            raise _Stop(stage)
+
+    with pytest.raises(_Stop):
+        eng.reinitialize(progress=stop)
+    assert np.array_equal(eng.volume(), before) and eng.iteration == it
+    assert all(torch.equal(a, vd.background) for a, vd in zip(bg_before, eng.views[:6]))
+    eng.step(1)  # still usable: the new views get their exterior projections at the next step
+    assert all(vd.background is not None for vd in eng.views)

@@ -535,6 +535,79 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
             stop(p)
 
 
+def test_reconstruction_node_shows_the_init_stage_and_stops_it_at_shutdown(ros_env, tmp_path):
+    """A long initialisation (2000 TV-SART passes here; minutes for full-body views at 128³): the status names
+    its stage and pass, SIGTERM stops it within seconds (exit 0) instead of waiting for it, and a restart
+    from state_dir has every accepted view and initialises again from them."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from ixgs_ros.msg import ReconstructionStatus, XrayView
+    from ixgs_ros.nodes import convert as cv
+
+    ns = "/ixgs_init"
+    state_dir = tmp_path / "state"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
+        "volume_size": [16, 16, 16], "voxel_size_mm": 2.5, "device": "cpu", "min_views": 6,
+        "status_rate_hz": 20.0, "state_dir": str(state_dir),
+        "engine_overrides": ["init_sart_iterations=2000", "init_exterior_sart_iterations=null",
+                             "init_tv_weight=0.01", "init_tv_weight_final=null"],
+    }}}))
+    views, images = sphere_scan(6)
+    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
+    procs = []
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = rclpy.create_node("ixgs_init_probe", context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(node)
+        statuses = []
+        node.create_subscription(ReconstructionStatus, f"{ns}/reconstruction_status", statuses.append, 10)
+        pub = node.create_publisher(XrayView, f"{ns}/xray_views", 10)
+        spin_until = spinner(executor, 60.0, 0.05)
+
+        def initialising_at_pass(k):
+            s = statuses[-1] if statuses else None
+            if s is None or s.state != ReconstructionStatus.OPTIMIZING or ": TV-SART (" not in s.message:
+                return False
+            return int(s.message.rsplit(" ", 1)[1].split("/")[0]) >= k
+
+        for attempt in ("first start", "restart"):
+            spin_until(lambda: False, timeout=1.0)  # statuses of the stopped process still queued here
+            statuses.clear()
+            procs.append(start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "--params-file", str(params)))
+            assert spin_until(lambda: pub.get_subscription_count() > 0 and statuses), attempt
+            if attempt == "first start":
+                for m in msgs:
+                    pub.publish(m)
+                    spin_until(lambda: False, timeout=0.05)
+            assert spin_until(lambda: initialising_at_pass(2), timeout=120.0), (attempt, statuses[-1:])
+            msg = statuses[-1].message
+            assert msg.startswith("6 views accepted (6 training, 0 held out); initialising from 6 training views: "
+                                  "TV-SART (2.5 mm) "), msg
+            assert msg.endswith("/2000") and statuses[-1].num_gaussians == 0, msg
+            proc = procs.pop()
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{attempt}: no exit 10 s after SIGTERM during the init:\n{stop(proc)[1]}")
+            out = proc.stdout.read()
+            assert rc == 0 and time.monotonic() - t0 < 5.0, out
+            assert "initialisation stopped by the shutdown; the views are kept" in out, out
+            if attempt == "restart":
+                assert "6 views restored" in out, out
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+        for p in procs:
+            stop(p)
+
+
 def test_reconstruction_node_rejects_views_that_do_not_see_its_grid(ros_env):
     """A grid far from where the C-arm looks: every view is refused with the reason, nothing is optimised, and
     the node stops cleanly."""
@@ -587,7 +660,7 @@ def test_reconstruction_node_reports_a_failed_optimisation_retries_and_keeps_its
 
     calls = []
 
-    def failing_step(self, n=1, callback=None):
+    def failing_step(self, n=1, callback=None, progress=None):
         calls.append(len(self.train_indices))
         raise RuntimeError("simulated solver failure")
 

@@ -448,3 +448,13 @@ def test_coarse_binning_matches_the_detector_sampling_to_the_solve_grid():
         assert rb.coarse_binning(views, Grid.centered(64, spacing, (0.0, 0.0, 0.0))) == b, spacing
     small = [View(K, v.T_world_source, 64, 64) for v in views]
     assert rb.coarse_binning(small, Grid.centered(64, 4.0, (0.0, 0.0, 0.0))) == 2
+
+
+def test_preload_instantiates_what_the_engine_init_uses():
+    """(The live node calls it in a thread at start-up.) It returns its duration and may be called again; the
+    projectors work after it."""
+    assert rb.preload() >= 0.0 and rb.preload() >= 0.0
+    grid = Grid.centered(8, 2.0, (0, 0, 0))
+    view = View([[300.0, 0, 7.5], [0, 300.0, 7.5], [0, 0, 1]], look_at((0, -300.0, 0), (0, 0, 0), (0, 0, 1)), 16, 16)
+    p = rb.forward_project(np.ones(grid.shape, np.float32), grid, [view])
+    assert p.shape == (1, 16, 16) and p.max() > 10.0  # 16 mm of unit attenuation through the centre

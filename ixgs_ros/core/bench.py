@@ -500,6 +500,7 @@ def run_method(job: dict) -> dict:
                     "info": {"num_gaussians": rep["num_gaussians"],
                              "num_context_gaussians": rep["num_context_gaussians"],
                              "optimisation_s": rep["optimisation_time_s"], "volume_s": rep["volume_time_s"],
+                             "init_stages_s": rep["init_stages_s"],
                              "curve_eval_s": eval_s[0], "device": ecfg.device,
                              "engine_config": rep["config"]},
                     "curve": [{"iteration": int(e["iteration"]), "time_s": float(e["time_s"]),

@@ -356,6 +356,7 @@ class ReconstructionEngine:
         self._exterior: tuple[np.ndarray, Grid] | None = None  # mu (1/mm) outside the ROI, on its own grid
         self._material_ends_at_roi = False  # set by the RTK init: no material outside the ROI (ROI-only views)
         self._init_spacing: float | None = None  # voxel size (mm) of the RTK init's solve grid
+        self._progress = None  # progress(stage, done, total) during an initialisation (step / reinitialize)
 
     # ================================================================= views
     def add_view(self, view: View, image, *, holdout: bool = False) -> int:
@@ -497,6 +498,39 @@ class ReconstructionEngine:
             seen |= vd.view.in_view(world)
         return pts[torch.from_numpy(seen)].to(torch.float32)
 
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(stage, int(done), int(total))
+
+    def _initialise_atomic(self, progress=None) -> None:
+        """:meth:`_initialise` plus the views' exterior projections, all or nothing: on any exception (a failed
+        solve, or ``progress`` raising to stop) the model, optimiser, exterior, backgrounds and random state are
+        put back as they were."""
+        old = (self.model, self.optim, self._exterior, [vd.background for vd in self.views],
+               self._grad_accum, self._grad_count, self._material_ends_at_roi, self._init_spacing,
+               self._gen.get_state())
+        self._progress = progress
+        try:
+            self._exterior = None
+            for vd in self.views:
+                vd.background = None
+            self._initialise()
+            todo = sum(vd.background is None for vd in self.views) if self._exterior is not None else 0
+            if todo:
+                self._report("exterior projections", 0, todo)
+            self._ensure_backgrounds()
+            if todo:
+                self._report("exterior projections", todo, todo)
+        except BaseException:
+            (self.model, self.optim, self._exterior, bgs, self._grad_accum, self._grad_count,
+             self._material_ends_at_roi, self._init_spacing, rng) = old
+            for vd, bg in zip(self.views, bgs):
+                vd.background = bg
+            self._gen.set_state(rng)
+            raise
+        finally:
+            self._progress = None
+
     def _initialise(self):
         """Place the first Gaussians (see the module docstring): from an RTK SART volume (default) or from a
         density-only lattice fit (``init="lattice"``, no RTK needed)."""
@@ -568,8 +602,11 @@ class ReconstructionEngine:
                 from .radiograph import bin_view
                 pairs = [bin_view(v, p, b) for v, p in zip(views, proj)]
                 sviews, sproj = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
+        coarse = float(solve.spacing.min()) > float(self.grid.spacing.max()) + 1e-6
+        stage = f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm)"
+        self._report(stage, 0, passes)
         sol = rb.sart_tv(sviews, sproj, solve, passes, tv0, tv_weight_final=tv1, support=support,
-                         lam=cfg.init_sart_lambda)
+                         lam=cfg.init_sart_lambda, on_pass=lambda k, n: self._report(stage, k, n))
         sol = np.maximum(sol, 0)
         self._init_spacing = float(solve.spacing.max())
         fine_grid = self.grid
@@ -595,9 +632,13 @@ class ReconstructionEngine:
                       math.floor(max(0.0, float(margin.min()) - 2.0 * sp) / gs + 1e-6))
             fine_grid = rb.pad_grid(self.grid, pad)
             # split into the exterior and the fine box (0 passes: just the coarse solution resampled)
+            fstage = f"fine TV-SART ({gs:.3g} mm)"
+            if fine_passes:
+                self._report(fstage, 0, fine_passes)
             roi, outside = rb.refine_inner(views, proj, solve, sol, fine_grid, fine_passes,
                                            lam=cfg.init_fine_lambda, tv_weight=cfg.init_fine_tv_weight,
-                                           tv_weight_final=cfg.init_fine_tv_weight_final)
+                                           tv_weight_final=cfg.init_fine_tv_weight_final,
+                                           on_pass=lambda k, n: self._report(fstage, k, n))
             self._exterior = (outside, solve)
         else:
             roi = resample(sol, solve, fine_grid, order=1)
@@ -648,7 +689,11 @@ class ReconstructionEngine:
                                 scale_max=max(cfg.scale_max, float(sc.max()) * 1.5), device=dev)
         opt = _Adam()
         train = self.train_indices
+        every = max(1, cfg.init_iterations // 20)
+        self._report("density-only lattice fit", 0, cfg.init_iterations)
         for it in range(cfg.init_iterations):
+            if it and it % every == 0:
+                self._report("density-only lattice fit", it, cfg.init_iterations)
             vd = self.views[train[int(torch.randint(len(train), (1,), generator=self._gen))]]
             K, T, img = vd.tiny
             means, scales, quats, dens = lattice.activated()
@@ -657,6 +702,7 @@ class ReconstructionEngine:
             (pred - img).abs().mean().backward()
             lr = 0.05 * (0.1 ** (it / max(1, cfg.init_iterations)))
             opt.step({"raw_density": lattice.raw_density}, {"raw_density": lr})
+        self._report("density-only lattice fit", cfg.init_iterations, cfg.init_iterations)
         res = 48
         field_grid_n = Grid.centered(res, 2.0 / res, (0, 0, 0))
         with torch.no_grad():
@@ -687,11 +733,16 @@ class ReconstructionEngine:
         target = field.flatten().to(torch.float64)
         x = self._sample_volume(field.numpy(), field_grid_n, means.numpy()).astype(np.float64)
         x = torch.from_numpy(x)
-        for rnd in range(1 + cfg.lattice_nonneg_rounds):
+        rounds, n_cg = 1 + cfg.lattice_nonneg_rounds, cfg.lattice_cg_iterations
+        stage = f"Gaussian lattice fit ({len(means)} Gaussians)"
+        self._report(stage, 0, rounds * n_cg)
+        for rnd in range(rounds):
             fwd, adj = self._density_operators(means, scales, field_grid_n)
             if rnd == 0:
                 x = x * float(target.sum() / fwd(x).sum().clamp_min(1e-12))
-            x = self._cg(fwd, adj, target, x, cfg.lattice_cg_iterations)
+            x = self._cg(fwd, adj, target, x, n_cg,
+                         on_iteration=lambda k, r=rnd: self._report(stage, r * n_cg + k, rounds * n_cg))
+            self._report(stage, (rnd + 1) * n_cg, rounds * n_cg)  # also when CG converged early
             # densities are positive (softplus): drop the Gaussians the least-squares fit made (nearly) empty or
             # negative, then refit the others, so that what they carried is not simply lost
             keep = x.to(torch.float32) > cfg.prune_density * 10
@@ -716,11 +767,12 @@ class ReconstructionEngine:
         return fwd, adj
 
     @staticmethod
-    def _cg(fwd, adj, target, x, iterations: int):
-        """Conjugate gradients on the normal equations of ``|fwd(x) - target|^2`` from ``x``."""
+    def _cg(fwd, adj, target, x, iterations: int, on_iteration=None):
+        """Conjugate gradients on the normal equations of ``|fwd(x) - target|^2`` from ``x``;
+        ``on_iteration(k)`` after iteration k (1-based)."""
         r = adj(target - fwd(x))
         p, rs = r.clone(), float(r @ r)
-        for _ in range(iterations):
+        for k in range(iterations):
             if rs <= 0:
                 break
             ap = fwd(p)
@@ -730,6 +782,8 @@ class ReconstructionEngine:
             rs_new = float(r @ r)
             p = r + (rs_new / rs) * p
             rs = rs_new
+            if on_iteration is not None:
+                on_iteration(k + 1)
         return x
 
     def _lattice_spacing(self) -> float:
@@ -817,7 +871,11 @@ class ReconstructionEngine:
         opt = _Adam()
         shape = np.array(field_grid_n.shape)
         size = np.minimum(shape, cfg.init_fit_block)
+        every = max(1, cfg.init_fit_iterations // 20)
+        self._report("Gaussian fit", 0, cfg.init_fit_iterations)
         for it in range(cfg.init_fit_iterations):
+            if it and it % every == 0:
+                self._report("Gaussian fit", it, cfg.init_fit_iterations)
             start = [int(torch.randint(int(h) + 1, (1,), generator=self._gen)) for h in shape - size]
             g = sub_grid(field_grid_n, start, tuple(int(x) for x in size))
             target = field[start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
@@ -827,6 +885,7 @@ class ReconstructionEngine:
             f = 0.1 ** (it / cfg.init_fit_iterations)
             opt.step({"raw_density": m.raw_density, "raw_scales": m.raw_scales},
                      {"raw_density": 0.05 * f, "raw_scales": 0.02 * f})
+        self._report("Gaussian fit", cfg.init_fit_iterations, cfg.init_fit_iterations)
         return m.density.detach(), m.scales.detach()
 
     def _voxelize_normalized(self, means, scales, quats, dens, grid_n: Grid) -> torch.Tensor:
@@ -863,13 +922,20 @@ class ReconstructionEngine:
         A[:3, 3] = A[:3, 3] + A[:3, :3] @ np.array(off, dtype=np.float64)
         return Grid(tuple(int(s) for s in size), self.frame.affine_to_normalized(A))
 
-    def step(self, n: int = 1, callback=None) -> dict:
-        """Run ``n`` optimisation iterations (initialising first if needed). Returns :meth:`status`."""
+    def step(self, n: int = 1, callback=None, progress=None) -> dict:
+        """Run ``n`` optimisation iterations (initialising first if needed). Returns :meth:`status`.
+
+        ``callback(engine)`` is called after every iteration. ``progress(stage, done, total)`` is called while
+        an initialisation runs (minutes on a CPU for full-body views): ``stage`` names the part (e.g. "coarse
+        TV-SART"), ``done`` of ``total`` of its passes are finished (each stage is announced with ``done=0``).
+        Either may raise to stop (e.g. a shutdown): an initialisation stopped that way leaves the engine as it
+        was before the call (views kept, not initialised, random state restored, so the next ``step`` gives
+        the same result as an uninterrupted one)."""
         if not self.train_indices:
             raise EngineError("no training views: add at least one view before optimising")
         t0 = time.perf_counter()
         if self.model is None:
-            self._initialise()
+            self._initialise_atomic(progress)
             self._init_views = len(self.train_indices)
         cfg = self.config
         self._ensure_backgrounds()
@@ -918,29 +984,17 @@ class ReconstructionEngine:
         ``step`` calls keep refining at the final learning rates."""
         return self.model is not None and self.iteration - self._schedule_start >= self.config.iterations
 
-    def reinitialize(self) -> dict:
+    def reinitialize(self, progress=None) -> dict:
         """Solve the initialisation again from *all* current training views and restart the learning-rate
         schedule (live use: the first init ran on the few views present then, and views added later only join
         the loss, which on a CPU schedule barely moves the volume). The model, optimiser state, exterior and
         the views' backgrounds are replaced; views, iteration count and history are kept (the schedule now
-        counts from the current iteration). Costs one initialisation. Returns :meth:`status`."""
+        counts from the current iteration). Costs one initialisation. Returns :meth:`status`. ``progress`` as in
+        :meth:`step`; a re-init that fails or is stopped leaves the previous model in place."""
         if not self.train_indices:
             raise EngineError("cannot reinitialise: no training views have been added")
         t0 = time.perf_counter()
-        old = (self.model, self.optim, self._exterior, [vd.background for vd in self.views],
-               self._grad_accum, self._grad_count, self._material_ends_at_roi, self._init_spacing)
-        try:
-            self._exterior = None
-            for vd in self.views:
-                vd.background = None
-            self._initialise()
-            self._ensure_backgrounds()
-        except BaseException:  # a failed re-init leaves the previous model in place
-            (self.model, self.optim, self._exterior, bgs, self._grad_accum, self._grad_count,
-             self._material_ends_at_roi, self._init_spacing) = old
-            for vd, bg in zip(self.views, bgs):
-                vd.background = bg
-            raise
+        self._initialise_atomic(progress)
         self._schedule_start = self.iteration
         self._init_views = len(self.train_indices)
         self._order = []

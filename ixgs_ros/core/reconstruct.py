@@ -60,6 +60,34 @@ def select_holdout(n_views: int, n_holdout: int, seed: int) -> list[int]:
     return idx
 
 
+class InitProgress:
+    """``progress`` callback for :meth:`ReconstructionEngine.step`: records how long each initialisation stage
+    took (``stages``: name -> seconds from its announcement to its last reported pass, in order) and, given a
+    tqdm bar, shows the running stage on it."""
+
+    def __init__(self, bar=None):
+        self.bar = bar
+        self._span: dict[str, list[float]] = {}
+
+    @property
+    def stages(self) -> dict[str, float]:
+        return {k: round(b - a, 3) for k, (a, b) in self._span.items()}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        self._span.setdefault(stage, [now, now])[1] = now
+        if self.bar is not None:
+            self.bar.set_description_str(f"init: {stage}", refresh=False)
+            self.bar.set_postfix_str(f"{done}/{total}", refresh=False)
+            self.bar.refresh()
+
+    def finish(self, desc: str) -> None:
+        """Back to the optimisation's description on the bar."""
+        if self.bar is not None:
+            self.bar.set_description_str(desc, refresh=False)
+            self.bar.set_postfix_str("", refresh=False)
+
+
 class ReconstructionResult:
     def __init__(self, engine: ReconstructionEngine, volume: np.ndarray, report: dict):
         self.engine, self.volume, self.report = engine, volume, report
@@ -83,10 +111,13 @@ def reconstruct_scan(scan, grid: Grid, config: EngineConfig, *, holdout: int = 0
 
         bar = tqdm(total=config.iterations, desc="ixgs reconstruct", unit="it", dynamic_ncols=True)
     t0 = time.perf_counter()
+    init = InitProgress(bar)
     done = 0
     while done < config.iterations:
         n = min(log_every, config.iterations - done)
-        st = engine.step(n)
+        st = engine.step(n, progress=init)
+        if done == 0:
+            init.finish("ixgs reconstruct")
         done += n
         entry = {"iteration": st["iterations"], "loss": st["loss"], "num_gaussians": st["num_gaussians"],
                  "elapsed_s": time.perf_counter() - t0}
@@ -111,6 +142,7 @@ def reconstruct_scan(scan, grid: Grid, config: EngineConfig, *, holdout: int = 0
         "num_context_gaussians": status["num_context_gaussians"],
         "views_train": status["views_used"],
         "views_holdout": sorted(held),
+        "init_stages_s": init.stages,
         "loss_curve": curve,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "config": asdict(config),

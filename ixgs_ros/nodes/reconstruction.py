@@ -52,8 +52,12 @@ strings, values parsed as JSON, e.g. ``init_sart_iterations=24``); ``iterations`
 from the node parameters of those names. Bad parameters raise ``ValueError``, which ``run_node`` turns into
 one line on stderr and exit code 2.
 
-Shutdown (SIGINT/SIGTERM) waits for the running chunk to end (seconds; the initialisation of a large grid
-can take minutes), then saves the state.
+While an initialisation runs (minutes on a CPU for full-body views at 128^3), the status message names its
+stage and progress (e.g. "initialising from 25 training views: coarse TV-SART (2.75 mm) 12/20").
+
+Shutdown (SIGINT/SIGTERM) waits for the running chunk to end (seconds); an initialisation in progress stops
+at the end of its current pass and is rolled back (the views stay: with ``state_dir`` the next start
+initialises again from them; a stopped re-initialisation keeps the previous model), then the state is saved.
 """
 from __future__ import annotations
 
@@ -86,6 +90,10 @@ CHUNK_ITERATIONS = 5
 SNAPSHOT_SHARE = 0.2
 #: The node's own bookkeeping next to the engine state in ``state_dir``.
 NODE_STATE_FILE = "node_state.json"
+
+
+class _ShuttingDown(Exception):
+    """Raised from the engine's progress callback to stop an initialisation at shutdown."""
 
 PARAMETERS = {
     "world_frame": ("world", "Frame of the reconstructed volume (must match the views' header.frame_id)"),
@@ -248,6 +256,7 @@ class ReconstructionNode(Node):
         self._stop = False
         # written by the worker, read by the status timer (replaced whole, never mutated)
         self._engine_status: dict[str, Any] = self.engine.status()
+        self._init_progress: tuple[str, str, int, int] | None = None  # (what, stage, done, total) while initialising
         self._heldout_psnr = math.nan
         self._error: str | None = None
         self._last_publish_time: float | None = None
@@ -263,11 +272,23 @@ class ReconstructionNode(Node):
         self.create_timer(1.0 / rate, self._publish_status)
         self._worker = threading.Thread(target=self._run_worker, name="ixgs_reconstruction", daemon=True)
         self._worker.start()
+        if self.config.init == "rtk" and self.engine.model is None:
+            # ITK loads RTK's wrappers on first use (10-20 s on 2 cores): do it while the shots arrive, in a
+            # daemon thread that shutdown does not wait for, not inside the first initialisation's first pass
+            threading.Thread(target=self._preload_rtk, name="ixgs_rtk_preload", daemon=True).start()
         g = self.grid
         self.get_logger().info(
             f"reconstructing on a {'x'.join(map(str, g.shape))} grid at {float(p['voxel_size_mm']):g} mm centred "
             f"on {[float(c) for c in p['volume_center_mm']]} mm in '{self.world_frame}', {self.target} "
             f"iterations on {self.device}; {len(self.view_ids)} views restored; waiting for xray_views")
+
+    def _preload_rtk(self) -> None:
+        from ixgs_ros.core import rtk_baseline
+
+        try:
+            self._log("debug", f"RTK loaded in {rtk_baseline.preload():.1f} s")
+        except Exception as exc:  # the initialisation reports it when it needs RTK
+            self._log("debug", f"RTK preload failed: {type(exc).__name__}: {exc}")
 
     def _log(self, level: str, text: str) -> None:
         """Log from the worker or during shutdown: after SIGINT/SIGTERM the context is gone and rclpy's logger
@@ -397,6 +418,10 @@ class ReconstructionNode(Node):
             more = self.min_views - n_train
             return {**out, "state": "waiting_for_views",
                     "message": f"{accepted}; waiting for {_plural(more, 'more training view')}"}
+        prog = self._init_progress
+        if prog is not None:
+            what, stage, done, total = prog
+            return {**out, "state": "optimizing", "message": f"{accepted}; {what}: {stage} {done}/{total}"}
         if st["num_gaussians"] == 0:
             return {**out, "state": "optimizing", "message": f"{accepted}; initialising"}
         if out["iterations"] < self.target or (pending and self.refine_iterations > 0):
@@ -496,14 +521,22 @@ class ReconstructionNode(Node):
         if int(st["views_used"]) >= self.min_views and int(st["iterations"]) < self.target:
             if self._last_publish_time is None:  # the snapshot period counts from the start
                 self._last_publish_time = time.monotonic()
+            initialising = st["num_gaussians"] == 0
             try:
                 with self.engine_lock:
                     n = min(CHUNK_ITERATIONS, self.target - self.engine.iteration)
-                    new_status = self.engine.step(n)
+                    new_status = self.engine.step(n, progress=self._progress_callback(
+                        f"initialising from {st['views_used']} training views") if initialising else None)
+            except _ShuttingDown:
+                self._log("info", "initialisation stopped by the shutdown; the views are kept (it starts again "
+                                  "from them at the next start when state_dir is set)")
+                return
             except Exception as exc:
                 self._error = f"optimisation failed: {type(exc).__name__}: {exc}"
                 self._log("error", self._error)
                 return
+            finally:
+                self._init_progress = None
             if int(new_status["iterations"]) < self.target:
                 self._engine_status = new_status
                 period = self.snapshot_period()
@@ -541,17 +574,32 @@ class ReconstructionNode(Node):
         t0 = time.monotonic()
         try:
             with self.engine_lock:
-                new_status = self.engine.reinitialize()
+                new_status = self.engine.reinitialize(progress=self._progress_callback(
+                    f"re-initialising from {st['views_used']} training views"))
                 self.target = self.engine.iteration + self.engine.config.iterations
                 self._save()
+        except _ShuttingDown:
+            self._log("info", "re-initialisation stopped by the shutdown; the previous model is kept")
+            return
         except Exception as exc:
             self._error = f"re-initialisation failed: {type(exc).__name__}: {exc}"
             self._log("error", self._error)
             return
+        finally:
+            self._init_progress = None
         self._engine_status = new_status
         self._safe_publish()  # the new init's volume goes out at once
         self._log("info", f"re-initialised in {time.monotonic() - t0:.1f} s; schedule restarted "
                           f"({self.config.iterations} iterations)")
+
+    def _progress_callback(self, what: str):
+        """The engine's ``progress`` for an (re-)initialisation: shows the stage in the status message and stops
+        the initialisation (:class:`_ShuttingDown`, the engine rolls it back) once the node shuts down."""
+        def progress(stage: str, done: int, total: int) -> None:
+            self._init_progress = (what, stage, done, total)
+            if self._stop:
+                raise _ShuttingDown()
+        return progress
 
     def _safe_publish(self) -> None:
         try:
