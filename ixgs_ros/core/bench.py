@@ -408,6 +408,7 @@ def _warm_up_rtk(grid, views) -> None:
     for m in ("fdk", "sart", "cg"):
         rb.reconstruct((vs, proj), tiny, m, 1, solve_grid=tiny)
     rb.forward_project(np.ones(tiny.shape, np.float32), tiny, vs)
+    rb.preload()  # + the Joseph back projector of the engine's fine re-solve
 
 
 def run_method(job: dict) -> dict:
