@@ -535,15 +535,18 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
             stop(p)
 
 
-def test_reconstruction_node_shows_the_init_stage_and_stops_it_at_shutdown(ros_env, tmp_path):
-    """A long initialisation (2000 TV-SART passes here; minutes for full-body views at 128³): the status names
-    its stage and pass, SIGTERM stops it within seconds (exit 0) instead of waiting for it, and a restart
-    from state_dir has every accepted view and initialises again from them."""
+def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_shutdown(ros_env, tmp_path):
+    """A long initialisation (here a Gaussian fit of a million steps; minutes for full-body views at 128³): its
+    TV-SART solution is published on ``volume`` before the Gaussians exist, the status names the stage and
+    step, SIGTERM stops it within seconds (exit 0) instead of waiting for it, and a restart from state_dir
+    has every accepted view and initialises again from them."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
-    from ixgs_ros.msg import ReconstructionStatus, XrayView
+    from ixgs_ros.core.volume import Grid
+    from ixgs_ros.msg import ReconstructionStatus, Volume, XrayView
     from ixgs_ros.nodes import convert as cv
 
     ns = "/ixgs_init"
@@ -552,9 +555,11 @@ def test_reconstruction_node_shows_the_init_stage_and_stops_it_at_shutdown(ros_e
     params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
         "volume_size": [16, 16, 16], "voxel_size_mm": 2.5, "device": "cpu", "min_views": 6,
         "status_rate_hz": 20.0, "state_dir": str(state_dir),
-        "engine_overrides": ["init_sart_iterations=2000", "init_exterior_sart_iterations=null",
-                             "init_tv_weight=0.01", "init_tv_weight_final=null"],
+        "engine_overrides": ["init_sart_iterations=3", "init_exterior_sart_iterations=null",
+                             "init_tv_weight=0.01", "init_tv_weight_final=null", "placement=sample",
+                             "n_init=500", "init_fit_block=8", "init_fit_iterations=1000000"],
     }}}))
+    grid = Grid.centered(16, 2.5, (0.0, 0.0, 0.0))
     views, images = sphere_scan(6)
     msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
     procs = []
@@ -564,31 +569,41 @@ def test_reconstruction_node_shows_the_init_stage_and_stops_it_at_shutdown(ros_e
         node = rclpy.create_node("ixgs_init_probe", context=ctx)
         executor = SingleThreadedExecutor(context=ctx)
         executor.add_node(node)
-        statuses = []
+        statuses, volumes = [], []
         node.create_subscription(ReconstructionStatus, f"{ns}/reconstruction_status", statuses.append, 10)
+        node.create_subscription(Volume, f"{ns}/volume", volumes.append,
+                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                            durability=DurabilityPolicy.TRANSIENT_LOCAL))
         pub = node.create_publisher(XrayView, f"{ns}/xray_views", 10)
-        spin_until = spinner(executor, 60.0, 0.05)
+        spin_until = spinner(executor, 120.0, 0.05)
 
-        def initialising_at_pass(k):
+        def fitting_at_step(k):
             s = statuses[-1] if statuses else None
-            if s is None or s.state != ReconstructionStatus.OPTIMIZING or ": TV-SART (" not in s.message:
+            if s is None or s.state != ReconstructionStatus.OPTIMIZING or ": Gaussian fit " not in s.message:
                 return False
             return int(s.message.rsplit(" ", 1)[1].split("/")[0]) >= k
 
         for attempt in ("first start", "restart"):
-            spin_until(lambda: False, timeout=1.0)  # statuses of the stopped process still queued here
+            spin_until(lambda: False, timeout=1.0)  # messages of the stopped process still queued here
             statuses.clear()
+            volumes.clear()
             procs.append(start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "--params-file", str(params)))
             assert spin_until(lambda: pub.get_subscription_count() > 0 and statuses), attempt
             if attempt == "first start":
                 for m in msgs:
                     pub.publish(m)
                     spin_until(lambda: False, timeout=0.05)
-            assert spin_until(lambda: initialising_at_pass(2), timeout=120.0), (attempt, statuses[-1:])
+            assert spin_until(lambda: fitting_at_step(2)), (attempt, statuses[-1:])
             msg = statuses[-1].message
             assert msg.startswith("6 views accepted (6 training, 0 held out); initialising from 6 training views: "
-                                  "TV-SART (2.5 mm) "), msg
-            assert msg.endswith("/2000") and statuses[-1].num_gaussians == 0, msg
+                                  "Gaussian fit "), msg
+            assert msg.endswith("/1000000") and statuses[-1].num_gaussians == 0, msg
+            # the preview: the TV-SART solution on the node's grid, the sphere in it
+            assert spin_until(lambda: volumes, timeout=10.0), f"{attempt}: no preview volume"
+            mu, vgrid = cv.msg_to_volume(volumes[-1])
+            np.testing.assert_allclose(vgrid.affine, grid.affine)
+            r = np.linalg.norm(grid.world_coords(), axis=-1)
+            assert float(mu[r < 6.0].mean()) > 5 * max(float(mu[r > 17.0].mean()), 0.0) and mu.max() > 0.5 * MU
             proc = procs.pop()
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
@@ -598,6 +613,7 @@ def test_reconstruction_node_shows_the_init_stage_and_stops_it_at_shutdown(ros_e
                 raise AssertionError(f"{attempt}: no exit 10 s after SIGTERM during the init:\n{stop(proc)[1]}")
             out = proc.stdout.read()
             assert rc == 0 and time.monotonic() - t0 < 5.0, out
+            assert "published a preview volume: the TV-SART (2.5 mm) solution from 6 views" in out, out
             assert "initialisation stopped by the shutdown; the views are kept" in out, out
             if attempt == "restart":
                 assert "6 views restored" in out, out
@@ -660,7 +676,7 @@ def test_reconstruction_node_reports_a_failed_optimisation_retries_and_keeps_its
 
     calls = []
 
-    def failing_step(self, n=1, callback=None, progress=None):
+    def failing_step(self, n=1, callback=None, progress=None, preview=None):
         calls.append(len(self.train_indices))
         raise RuntimeError("simulated solver failure")
 

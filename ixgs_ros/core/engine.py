@@ -357,6 +357,7 @@ class ReconstructionEngine:
         self._material_ends_at_roi = False  # set by the RTK init: no material outside the ROI (ROI-only views)
         self._init_spacing: float | None = None  # voxel size (mm) of the RTK init's solve grid
         self._progress = None  # progress(stage, done, total) during an initialisation (step / reinitialize)
+        self._preview = None   # preview(volume, label) during the first initialisation (step)
 
     # ================================================================= views
     def add_view(self, view: View, image, *, holdout: bool = False) -> int:
@@ -502,14 +503,14 @@ class ReconstructionEngine:
         if self._progress is not None:
             self._progress(stage, int(done), int(total))
 
-    def _initialise_atomic(self, progress=None) -> None:
+    def _initialise_atomic(self, progress=None, preview=None) -> None:
         """:meth:`_initialise` plus the views' exterior projections, all or nothing: on any exception (a failed
         solve, or ``progress`` raising to stop) the model, optimiser, exterior, backgrounds and random state are
         put back as they were."""
         old = (self.model, self.optim, self._exterior, [vd.background for vd in self.views],
                self._grad_accum, self._grad_count, self._material_ends_at_roi, self._init_spacing,
                self._gen.get_state())
-        self._progress = progress
+        self._progress, self._preview = progress, preview
         try:
             self._exterior = None
             for vd in self.views:
@@ -529,7 +530,15 @@ class ReconstructionEngine:
             self._gen.set_state(rng)
             raise
         finally:
-            self._progress = None
+            self._progress = self._preview = None
+
+    def _show(self, volume: np.ndarray, grid: Grid, label: str) -> None:
+        """Hand an intermediate init solution (mu on ``grid``) to the ``preview`` callback, on the output grid."""
+        if self._preview is not None:
+            from .ct import resample
+
+            out = volume if grid == self.grid else resample(volume, grid, self.grid, order=1)
+            self._preview(np.ascontiguousarray(np.maximum(out, 0), dtype=np.float32), label)
 
     def _initialise(self):
         """Place the first Gaussians (see the module docstring): from an RTK SART volume (default) or from a
@@ -608,6 +617,7 @@ class ReconstructionEngine:
         sol = rb.sart_tv(sviews, sproj, solve, passes, tv0, tv_weight_final=tv1, support=support,
                          lam=cfg.init_sart_lambda, on_pass=lambda k, n: self._report(stage, k, n))
         sol = np.maximum(sol, 0)
+        self._show(sol, solve, f"{stage} solution from {len(views)} views")
         self._init_spacing = float(solve.spacing.max())
         fine_grid = self.grid
         if cfg.context and cfg.context_mode == "background" and exterior:
@@ -640,6 +650,8 @@ class ReconstructionEngine:
                                            tv_weight_final=cfg.init_fine_tv_weight_final,
                                            on_pass=lambda k, n: self._report(fstage, k, n))
             self._exterior = (outside, solve)
+            if fine_passes:
+                self._show(roi, fine_grid, f"{fstage} solution from {len(views)} views")
         else:
             roi = resample(sol, solve, fine_grid, order=1)
         field = torch.from_numpy(np.ascontiguousarray(roi / cfg.mu_ref, dtype=np.float32))
@@ -689,10 +701,9 @@ class ReconstructionEngine:
                                 scale_max=max(cfg.scale_max, float(sc.max()) * 1.5), device=dev)
         opt = _Adam()
         train = self.train_indices
-        every = max(1, cfg.init_iterations // 20)
         self._report("density-only lattice fit", 0, cfg.init_iterations)
         for it in range(cfg.init_iterations):
-            if it and it % every == 0:
+            if it:
                 self._report("density-only lattice fit", it, cfg.init_iterations)
             vd = self.views[train[int(torch.randint(len(train), (1,), generator=self._gen))]]
             K, T, img = vd.tiny
@@ -871,10 +882,9 @@ class ReconstructionEngine:
         opt = _Adam()
         shape = np.array(field_grid_n.shape)
         size = np.minimum(shape, cfg.init_fit_block)
-        every = max(1, cfg.init_fit_iterations // 20)
         self._report("Gaussian fit", 0, cfg.init_fit_iterations)
         for it in range(cfg.init_fit_iterations):
-            if it and it % every == 0:
+            if it:
                 self._report("Gaussian fit", it, cfg.init_fit_iterations)
             start = [int(torch.randint(int(h) + 1, (1,), generator=self._gen)) for h in shape - size]
             g = sub_grid(field_grid_n, start, tuple(int(x) for x in size))
@@ -922,20 +932,23 @@ class ReconstructionEngine:
         A[:3, 3] = A[:3, 3] + A[:3, :3] @ np.array(off, dtype=np.float64)
         return Grid(tuple(int(s) for s in size), self.frame.affine_to_normalized(A))
 
-    def step(self, n: int = 1, callback=None, progress=None) -> dict:
+    def step(self, n: int = 1, callback=None, progress=None, preview=None) -> dict:
         """Run ``n`` optimisation iterations (initialising first if needed). Returns :meth:`status`.
 
         ``callback(engine)`` is called after every iteration. ``progress(stage, done, total)`` is called while
         an initialisation runs (minutes on a CPU for full-body views): ``stage`` names the part (e.g. "coarse
         TV-SART"), ``done`` of ``total`` of its passes are finished (each stage is announced with ``done=0``).
-        Either may raise to stop (e.g. a shutdown): an initialisation stopped that way leaves the engine as it
-        was before the call (views kept, not initialised, random state restored, so the next ``step`` gives
+        ``preview(volume, label)`` receives the initialisation's intermediate solutions on the output grid (mu
+        in 1/mm; the TV-SART solution, then the fine re-solve when there is one; ``label`` says which) as soon
+        as they exist, minutes before the Gaussians are fitted on a CPU (live use: a first volume to look at).
+        Any of them may raise to stop (e.g. a shutdown): an initialisation stopped that way leaves the engine as
+        it was before the call (views kept, not initialised, random state restored, so the next ``step`` gives
         the same result as an uninterrupted one)."""
         if not self.train_indices:
             raise EngineError("no training views: add at least one view before optimising")
         t0 = time.perf_counter()
         if self.model is None:
-            self._initialise_atomic(progress)
+            self._initialise_atomic(progress, preview)
             self._init_views = len(self.train_indices)
         cfg = self.config
         self._ensure_backgrounds()

@@ -53,7 +53,9 @@ from the node parameters of those names. Bad parameters raise ``ValueError``, wh
 one line on stderr and exit code 2.
 
 While an initialisation runs (minutes on a CPU for full-body views at 128^3), the status message names its
-stage and progress (e.g. "initialising from 25 training views: coarse TV-SART (2.75 mm) 12/20").
+stage and progress (e.g. "initialising from 25 training views: coarse TV-SART (2.75 mm) 12/20"), and the
+first initialisation publishes its intermediate TV-SART solutions on ``volume`` as soon as they exist
+(``ReconstructionEngine.step``'s ``preview``; logged), so a first volume appears minutes before the Gaussians.
 
 Shutdown (SIGINT/SIGTERM) waits for the running chunk to end (seconds); an initialisation in progress stops
 at the end of its current pass and is rolled back (the views stay: with ``state_dir`` the next start
@@ -526,7 +528,8 @@ class ReconstructionNode(Node):
                 with self.engine_lock:
                     n = min(CHUNK_ITERATIONS, self.target - self.engine.iteration)
                     new_status = self.engine.step(n, progress=self._progress_callback(
-                        f"initialising from {st['views_used']} training views") if initialising else None)
+                        f"initialising from {st['views_used']} training views") if initialising else None,
+                        preview=self._publish_preview if initialising else None)
             except _ShuttingDown:
                 self._log("info", "initialisation stopped by the shutdown; the views are kept (it starts again "
                                   "from them at the next start when state_dir is set)")
@@ -600,6 +603,19 @@ class ReconstructionNode(Node):
             if self._stop:
                 raise _ShuttingDown()
         return progress
+
+    def _publish_preview(self, mu, label: str) -> None:
+        """The engine's ``preview`` during the first initialisation (worker thread, engine lock held): the
+        intermediate solution goes out on ``volume`` at once, minutes before the Gaussians exist on a CPU."""
+        if self._stop:
+            raise _ShuttingDown()
+        msg = volume_to_msg(mu, self.grid, frame_id=self.world_frame, stamp=self.get_clock().now().to_msg())
+        try:
+            self.volume_pub.publish(msg)
+        except Exception as exc:  # the context is shutting down
+            self._log("debug", f"preview not published: {exc}")
+            return
+        self._log("info", f"published a preview volume: the {label}; the Gaussians follow")
 
     def _safe_publish(self) -> None:
         try:
