@@ -624,6 +624,47 @@ def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_s
             stop(p)
 
 
+def test_a_burst_of_shots_at_start_up_loses_none(ros_env):
+    """Thirty views published at once while the node is still starting (it loads RTK in a thread then, which
+    holds the interpreter for seconds): every one is accepted. With a queue depth of 10 the reliable
+    writer overwrote unacknowledged views and 10 of 28 live shots were lost (a played full-body scan)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from ixgs_ros.msg import ReconstructionStatus, XrayView
+    from ixgs_ros.nodes import convert as cv
+    from ixgs_ros.nodes._base import SHOT_QUEUE_DEPTH
+
+    n = 30
+    ns = "/ixgs_burst"
+    views, images = sphere_scan(n)
+    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
+    proc = start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "-p", "volume_size:=[16,16,16]",
+                      "-p", "voxel_size_mm:=2.5", "-p", f"min_views:={n + 1}", "-p", "status_rate_hz:=10.0")
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = rclpy.create_node("ixgs_burst_probe", context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(node)
+        statuses = []
+        node.create_subscription(ReconstructionStatus, f"{ns}/reconstruction_status", statuses.append, 10)
+        pub = node.create_publisher(XrayView, f"{ns}/xray_views", SHOT_QUEUE_DEPTH)
+        spin_until = spinner(executor, 90.0, 0.05)
+        assert spin_until(lambda: pub.get_subscription_count() > 0), "reconstruction_node did not come up"
+        for m in msgs:  # no pause: the node's callbacks cannot keep up
+            pub.publish(m)
+        assert spin_until(lambda: statuses and statuses[-1].views_used == n), statuses[-1:]
+        assert statuses[-1].message == f"{n} views accepted ({n} training, 0 held out); waiting for 1 more " \
+                                       "training view"
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+        rc, out = stop(proc)
+    assert rc == 0, out
+
+
 def test_reconstruction_node_rejects_views_that_do_not_see_its_grid(ros_env):
     """A grid far from where the C-arm looks: every view is refused with the reason, nothing is optimised, and
     the node stops cleanly."""

@@ -17,6 +17,13 @@ from rclpy.signals import SignalHandlerOptions
 #: How often (s) the spin loop returns to Python, so that a SIGINT/SIGTERM is acted on within this time.
 SPIN_PERIOD_S = 0.1
 
+#: QoS history depth of every shot topic (image_raw, camera_info, xray_views_raw, xray_views), publishers and
+#: subscriptions alike: a whole C-arm session (10-50 shots) fits, so a node that is busy for a while (e.g.
+#: loading RTK, which holds the interpreter for seconds) loses no shot. Measured: a burst of 30 views into a
+#: starting reconstruction_node with depth 10: 10 accepted, 20 lost (the reliable writer overwrites samples not
+#: yet acknowledged); with this depth: all 30 (test_ros_nodes).
+SHOT_QUEUE_DEPTH = 100
+
 #: name -> (default value, description). Defaults live here (one place per node); config/ixgs.yaml
 #: overrides them for the launch file.
 ParameterSpec = Mapping[str, tuple[Any, str]]

@@ -26,7 +26,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from ixgs_ros.core.shot_sync import ShotAssembler, ShotSyncError
 from ixgs_ros.msg import XrayView
 from ixgs_ros.nodes import convert as cv
-from ixgs_ros.nodes._base import declare_parameters, run_node
+from ixgs_ros.nodes._base import SHOT_QUEUE_DEPTH, declare_parameters, run_node
 
 NAME = "xray_ingest_node"
 
@@ -60,9 +60,9 @@ class IngestNode(Node):
         self.published = 0
         self.dropped = 0
         self._warned_empty_frame = False
-        self.publisher = self.create_publisher(XrayView, "xray_views_raw", 10)
-        self.create_subscription(Image, "image_raw", self._on_image, 10)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, 10)
+        self.publisher = self.create_publisher(XrayView, "xray_views_raw", SHOT_QUEUE_DEPTH)
+        self.create_subscription(Image, "image_raw", self._on_image, SHOT_QUEUE_DEPTH)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, SHOT_QUEUE_DEPTH)
         self.create_subscription(PoseStamped, "source_pose", self._on_pose, 50)
         self.create_timer(0.1, lambda: self._emit(*self.sync.poll(self._now())))
         self.get_logger().info(

@@ -28,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from ixgs_ros.core.scan import Scan, ScanError
 from ixgs_ros.nodes import convert as cv
-from ixgs_ros.nodes._base import declare_parameters, run_node
+from ixgs_ros.nodes._base import SHOT_QUEUE_DEPTH, declare_parameters, run_node
 
 NAME = "scan_player_node"
 
@@ -66,8 +66,8 @@ class ScanPlayerNode(Node):
         self.next_index = 0
         self.current_pose = None
         self.waiting = bool(p["wait_for_subscribers"])
-        self.pub_image = self.create_publisher(Image, "image_raw", 10)
-        self.pub_info = self.create_publisher(CameraInfo, "camera_info", 10)
+        self.pub_image = self.create_publisher(Image, "image_raw", SHOT_QUEUE_DEPTH)
+        self.pub_info = self.create_publisher(CameraInfo, "camera_info", SHOT_QUEUE_DEPTH)
         self.pub_pose = self.create_publisher(PoseStamped, "source_pose", 50)
         self.create_timer(1.0 / p["pose_rate_hz"], self._tracker_tick)
         self.create_timer(1.0 / p["rate_hz"], self._shot_tick)

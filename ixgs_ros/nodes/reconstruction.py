@@ -77,7 +77,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from ixgs_ros.msg import ReconstructionStatus, Volume, XrayView
-from ixgs_ros.nodes._base import declare_parameters, run_node
+from ixgs_ros.nodes._base import SHOT_QUEUE_DEPTH, declare_parameters, run_node
 from ixgs_ros.nodes.convert import (ConversionError, status_to_msg, volume_to_msg, xray_view_image,
                                     xray_view_to_view)
 
@@ -270,7 +270,7 @@ class ReconstructionNode(Node):
         self.volume_pub = self.create_publisher(
             Volume, "volume", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                          durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.create_subscription(XrayView, "xray_views", self._on_view, 10)
+        self.create_subscription(XrayView, "xray_views", self._on_view, SHOT_QUEUE_DEPTH)
         self.create_timer(1.0 / rate, self._publish_status)
         self._worker = threading.Thread(target=self._run_worker, name="ixgs_reconstruction", daemon=True)
         self._worker.start()

@@ -22,7 +22,7 @@ from rclpy.node import Node
 from ixgs_ros.core.radiograph import RadiographError, standardize
 from ixgs_ros.msg import XrayView
 from ixgs_ros.nodes import convert as cv
-from ixgs_ros.nodes._base import declare_parameters, run_node
+from ixgs_ros.nodes._base import SHOT_QUEUE_DEPTH, declare_parameters, run_node
 
 NAME = "standardize_node"
 
@@ -43,8 +43,8 @@ class StandardizeNode(Node):
             raise ValueError(f"i0 must be >= 0 (0 = from the message or estimated), got {self.params['i0']}")
         self.published = 0
         self.dropped = 0
-        self.publisher = self.create_publisher(XrayView, "xray_views", 10)
-        self.create_subscription(XrayView, "xray_views_raw", self._on_view, 10)
+        self.publisher = self.create_publisher(XrayView, "xray_views", SHOT_QUEUE_DEPTH)
+        self.create_subscription(XrayView, "xray_views_raw", self._on_view, SHOT_QUEUE_DEPTH)
         self.get_logger().info(
             f"standardizing xray_views_raw into line integrals on xray_views (i0 "
             f"{self.params['i0'] or 'from the message or estimated'}, downsample {self.params['downsample']})")
