@@ -1,7 +1,8 @@
 """Live pipeline benchmark: a scan played as a tracked C-arm through the four ROS nodes, timed as a user sees it.
 
-Starts ``xray_ingest_node``, ``standardize_node``, ``reconstruction_node`` (on the scan's ROI grid) and
-``scan_player_node`` (detector counts ``raw_i0 * exp(-p)``, a shot every ``1 / rate`` s) as separate processes,
+Starts ``xray_ingest_node``, ``standardize_node``, ``reconstruction_node`` (on the scan's ROI grid) and, once
+they subscribe, ``scan_player_node`` (detector counts ``raw_i0 * exp(-p)``, a shot every ``1 / rate`` s) as
+separate processes,
 with ``config/ixgs.yaml`` plus the overrides below, and listens to ``reconstruction_status`` and ``volume``.
 Each volume is scored against the scan's ground truth (3D PSNR / SSIM, R²-Gaussian's protocol) and classed
 as a *preview* (published while the status says no Gaussians exist yet: the initialisation's TV-SART
@@ -58,9 +59,11 @@ def main(argv=None) -> int:
     scan = Path(args.scan)
     gt, grid = load_nifti(scan / "gt.nii.gz")
     center = [float(c) for c in grid.center]
-    env = dict(os.environ, ROS_DOMAIN_ID=str(150 + os.getpid() % 60), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               RMW_IMPLEMENTATION="rmw_fastrtps_cpp", ROS_LOG_DIR=str(out / "ros_log"),
-               FASTDDS_DEFAULT_PROFILES_FILE=str(ROOT / "config" / "fastdds_profile.xml"))
+    # the nodes and this process's probe share a private domain (set before rclpy.init reads it)
+    os.environ.update(ROS_DOMAIN_ID=str(150 + os.getpid() % 60), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                      RMW_IMPLEMENTATION="rmw_fastrtps_cpp", ROS_LOG_DIR=str(out / "ros_log"),
+                      FASTDDS_DEFAULT_PROFILES_FILE=str(ROOT / "config" / "fastdds_profile.xml"))
+    env = dict(os.environ)
     ns = "/ixgs_live_bench"
     common = ["--ros-args", "-r", f"__ns:={ns}", "--params-file", str(ROOT / "config" / "ixgs.yaml")]
     extra = {
@@ -101,11 +104,23 @@ def main(argv=None) -> int:
         node.create_subscription(Volume, f"{ns}/volume", on_volume,
                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                             durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        for name in ("ingest", "standardize", "reconstruction", "player"):
+        def start(name):
             logs[name] = open(out / f"{name}.log", "w")
             procs[name] = subprocess.Popen([sys.executable, "-m", f"ixgs_ros.nodes.{name}", *common,
                                             *extra.get(name, [])], cwd=ROOT, env=env, stdout=logs[name],
                                            stderr=subprocess.STDOUT, text=True)
+
+        for name in ("ingest", "standardize", "reconstruction"):
+            start(name)
+        # as a user would: the C-arm shoots once the chain is up (shot topics are volatile: a node that
+        # subscribes later does not get the shots published before)
+        hops = [f"{ns}/xray_views_raw", f"{ns}/xray_views"]
+        up_by = time.monotonic() + 120.0
+        while not all(node.count_subscribers(t) for t in hops) and time.monotonic() < up_by:
+            ex.spin_once(timeout_sec=0.1)
+        if not all(node.count_subscribers(t) for t in hops):
+            raise RuntimeError("the nodes did not come up within 120 s; see their logs in " + str(out))
+        start("player")
         deadline = t_start + args.timeout
         last_msg = None
         while time.monotonic() < deadline:

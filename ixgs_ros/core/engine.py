@@ -738,6 +738,8 @@ class ReconstructionEngine:
             axes.append(torch.tensor(a + (np.arange(n) + 0.5) * (b - a) / n, dtype=torch.float32))
         means = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
         scales = torch.full((len(means), 3), cfg.lattice_sigma * h)
+        # the lattice Gaussians come first (meshgrid order); lat_pos: their indices in the full lattice
+        lat_pos = torch.arange(len(means))
         if cfg.face_layer and self._material_ends_at_roi:
             fm, fs = self._face_layer(lo, hi, axes, cfg.lattice_sigma * h)
             means, scales = torch.cat([means, fm]), torch.cat([scales, fs])
@@ -748,7 +750,8 @@ class ReconstructionEngine:
         stage = f"Gaussian lattice fit ({len(means)} Gaussians)"
         self._report(stage, 0, rounds * n_cg)
         for rnd in range(rounds):
-            fwd, adj = self._density_operators(means, scales, field_grid_n)
+            fwd, adj = self._density_operators(means, scales, field_grid_n,
+                                               lattice=(axes, cfg.lattice_sigma * h, lat_pos))
             if rnd == 0:
                 x = x * float(target.sum() / fwd(x).sum().clamp_min(1e-12))
             x = self._cg(fwd, adj, target, x, n_cg,
@@ -757,12 +760,31 @@ class ReconstructionEngine:
             # densities are positive (softplus): drop the Gaussians the least-squares fit made (nearly) empty or
             # negative, then refit the others, so that what they carried is not simply lost
             keep = x.to(torch.float32) > cfg.prune_density * 10
+            lat_pos = lat_pos[keep[:len(lat_pos)]]
             means, scales, x = means[keep], scales[keep], x[keep]
         return means, scales, x.to(torch.float32)
 
-    def _density_operators(self, means, scales, grid_n: Grid):
+    def _density_operators(self, means, scales, grid_n: Grid, lattice=None):
         """The voxelizer of isotropic Gaussians as a linear map of their densities (float64 in and out) and its
-        adjoint (by autograd)."""
+        adjoint (by autograd).
+
+        ``lattice = (axes, sigma, lat_pos)``: the first ``len(lat_pos)`` Gaussians sit on the regular lattice
+        ``meshgrid(*axes)`` (at flat positions ``lat_pos``) with the isotropic ``sigma``. On a grid whose axes
+        are the frame's axes, the voxelizer restricted to them is separable (its cut-off is a per-axis 3-sigma
+        box): ``V = rho x_1 G_1 x_2 G_2 x_3 G_3`` with ``G_a[v, l] = exp(-(x_v - p_l)^2 / 2 sigma^2)`` on the box,
+        applied as three matrix products, the adjoint with the transposes: the same map as the voxelizer (to
+        float32 rounding) at a small fraction of its cost (full-body T12, 405k Gaussians on a 148^3 box: the
+        40-iteration CG fit took 120 s on 2 cores). The other Gaussians (the face layer) use the voxelizer."""
+        if lattice is not None:
+            ops = self._separable_lattice_operators(*lattice, grid_n)
+            if ops is not None:
+                n_lat = len(lattice[2])
+                if n_lat == len(means):
+                    return ops
+                rest_f, rest_a = self._density_operators(means[n_lat:], scales[n_lat:], grid_n)
+                lat_f, lat_a = ops
+                return (lambda v: lat_f(v[:n_lat]) + rest_f(v[n_lat:]),
+                        lambda r: torch.cat([lat_a(r), rest_a(r)]))
         quats = torch.zeros(len(means), 4)
         quats[:, 0] = 1
 
@@ -774,6 +796,44 @@ class ReconstructionEngine:
             v = torch.zeros(len(means), requires_grad=True)
             (fwd(v) * r).sum().backward()
             return v.grad.to(torch.float64)
+
+        return fwd, adj
+
+    @staticmethod
+    def _separable_lattice_operators(axes, sigma: float, lat_pos, grid_n: Grid):
+        """Forward and adjoint of the voxelizer restricted to lattice Gaussians (see :meth:`_density_operators`),
+        or None when the grid's axes are not the frame's (an oblique ``--like`` grid)."""
+        from .gaussians_render import SIGMA_CUTOFF
+
+        A = np.asarray(grid_n.affine, dtype=np.float64)
+        if np.abs(A[:3, :3] - np.diag(np.diag(A[:3, :3]))).max() > 1e-12 * np.abs(A[:3, :3]).max():
+            return None
+        # the voxelizer's cut-off, as it computes it: float32 3 sqrt(sigma^2), |offset| <= it
+        extent = float(torch.tensor(SIGMA_CUTOFF, dtype=torch.float32)
+                       * torch.sqrt(torch.tensor(sigma, dtype=torch.float32) ** 2))
+        mats = []
+        for a in range(3):
+            x = A[a, a] * np.arange(grid_n.shape[a], dtype=np.float64) + A[a, 3]
+            d = (x[:, None] - axes[a].to(torch.float64).numpy()[None, :]).astype(np.float32)
+            G = np.where(np.abs(d) <= extent, np.exp(-0.5 * (d.astype(np.float64) / sigma) ** 2), 0.0)
+            mats.append(torch.from_numpy(G))
+        n = tuple(len(ax) for ax in axes)
+        size = n[0] * n[1] * n[2]
+        pos = torch.as_tensor(lat_pos, dtype=torch.long)
+
+        def fwd(v):
+            full = torch.zeros(size, dtype=torch.float64)
+            full[pos] = v.to(torch.float64)
+            t = full.reshape(n)
+            for G in mats:  # contract the leading lattice axis; the voxel axis goes last
+                t = torch.tensordot(t, G, dims=([0], [1]))
+            return t.flatten()
+
+        def adj(r):
+            t = r.to(torch.float64).reshape(grid_n.shape)
+            for G in mats:
+                t = torch.tensordot(t, G, dims=([0], [0]))
+            return t.flatten()[pos]
 
         return fwd, adj
 
