@@ -107,10 +107,11 @@ class EngineConfig:
     init: str = "rtk"               # rtk: SART volume (RTK) | lattice: density-only blob fit (no RTK)
     init_sart_iterations: int = 48  # SART passes of the init (each followed by TV denoising, see below; T12
                                     # ROI-only 25 views, init alone: 24 passes 34.27 dB, 48 passes 34.50)
-    init_exterior_sart_iterations: int | None = 20  # ... instead, when material lies outside the ROI (the
-                                    # coarse full-body solve, 4x the voxels, about 4.2 s a pass: 20 passes keep
-                                    # the whole run under 5 minutes; T12 full-body 25 views, init alone with 12
-                                    # fine passes: 24 / 20 coarse passes 28.92 / 28.86 dB; None:
+    init_exterior_sart_iterations: int | None = 24  # ... instead, when material lies outside the ROI (the
+                                    # coarse full-body solve, 4x the voxels, about 4.3 s a pass on 2x2-binned
+                                    # views; T12 full-body 25 views, init alone with 12 fine passes: 24 / 20
+                                    # coarse passes 28.92 / 28.86 dB; whole engine with 16 fine passes, session
+                                    # 15: 28.98 dB in 268 s vs 28.80 in 246 s with 20 + 12; None:
                                     # init_sart_iterations)
     init_tv_weight: float = 0.03    # rtk_baseline.sart_tv: TV weight of the first pass; 0 = plain RTK SART
     init_tv_weight_final: float | None = 0.003  # ... decaying geometrically to this at the last (None: constant)
@@ -161,14 +162,15 @@ class EngineConfig:
     init_coarse_binning: int = 0    # detector binning for the init's solve when it is coarser than the output
                                     # grid: 0 = auto (rtk_baseline.coarse_binning; full-body T12: 2, init
                                     # 28.86 -> 28.96 dB, coarse solve 150 -> 129 s), 1 = off, n = n x n
-    init_fine_passes: int = 12      # background mode: SART passes re-solving the fine Gaussians' box at the
+    init_fine_passes: int = 16      # background mode: SART passes re-solving the fine Gaussians' box at the
                                     # output spacing with the coarse exterior fixed (rtk_baseline.refine_inner;
                                     # full-body T12 25 views, init alone, session 7 (scikit-image TV) from 26.79
                                     # dB at 2.75 mm, 6 passes with the box grown by 5 / 8 / 12 mm: 27.39 / 27.58
                                     # / 27.66; session 9, from the x2-TV coarse solve (27.27 dB), box grown by
                                     # 10 mm: 6 / 10 / 16 passes at TV 0.006: 28.69 / 28.83 / 28.93; 10 / 14 / 16
                                     # passes at TV 0.02 -> 0.003: 28.87 / 28.93 / 28.95; 12 at 0.02 -> 0.004:
-                                    # 28.92, about 3.5 s a pass; 0 = off)
+                                    # 28.92, about 3.5 s a pass; 16 since session 15, see
+                                    # init_exterior_sart_iterations; 0 = off)
     init_fine_margin: float = 10.0  # ... that box: the ROI grown by at least this many mm (16 mm: -0.02 dB)
     init_fine_lambda: float = 1.3   # ... their relaxation
     init_fine_tv_weight: float = 0.02  # ... and TV weight of the first pass (6 passes: 0.003 / 0.006 / 0.01:
