@@ -7,7 +7,8 @@ with ``config/ixgs.yaml`` plus the overrides below, and listens to ``reconstruct
 Each volume is scored against the scan's ground truth (3D PSNR / SSIM, R²-Gaussian's protocol) and classed
 as a *preview* (published while the status says no Gaussians exist yet: the initialisation's TV-SART
 solutions) or a *snapshot*. Times are seconds after the reconstruction node accepted ``min_views`` training
-views (``t_ready``). Stops at CONVERGED (or ``--timeout``), then stops the nodes with SIGTERM.
+views (``t_ready``). The iteration column is that of the last status received before the volume (the node
+publishes its status on a timer, so it can lag behind the volume). Stops at CONVERGED (or ``--timeout``), then stops the nodes with SIGTERM.
 
     python benchmarks/live_pipeline.py --scan bench_out/scans/T12-full-body-arc160-28v-256px-128x1mm-siddon-s0 \\
         --out bench_out/live --min-views 25 --heldout 3
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
             st = state["status"]
             events.append({"t": now, "kind": "preview" if state["num_gaussians"] == 0 else "snapshot",
                            "iterations": int(st.iterations) if st else 0, "mu": mu.copy(), "grid": vgrid})
-            print(f"[{now - t_start:7.1f} s] volume ({events[-1]['kind']}, iteration {events[-1]['iterations']})",
+            print(f"[{now - t_start:7.1f} s] volume ({events[-1]['kind']}, last status at iteration {events[-1]['iterations']})",
                   flush=True)
 
         node.create_subscription(ReconstructionStatus, f"{ns}/reconstruction_status", on_status, 10)
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
         "final_volume_s": snaps[-1]["t"] if snaps else None,
     }
     (out / "live.json").write_text(json.dumps(result, indent=2))
-    rows = ["| volume | seconds after min_views views | iteration | 3D PSNR (dB) | 3D SSIM |", "|---|---|---|---|---|"]
+    rows = ["| volume | seconds after min_views views | last status's iteration | 3D PSNR (dB) | 3D SSIM |", "|---|---|---|---|---|"]
     rows += [f"| {e['kind']} | {e['t']} | {e['iterations']} | {e['psnr_3d']:.2f} | {e['ssim_3d']:.3f} |" for e in rel]
     table = "\n".join(rows)
     (out / "live.md").write_text(f"`{result['command']}`\n\n{table}\n")
