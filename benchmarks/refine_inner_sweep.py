@@ -8,9 +8,8 @@ orders of the views within each pass.
 ``SCAN_DIR`` is a full-body scan simulated by ``ixgs bench`` (e.g.
 ``bench_out/scans/T12-full-body-arc160-28v-256px-128x1mm-siddon-s0``); the training views are those ``ixgs
 bench`` uses, in its order (ascending primary angle on the T12 arcs). The coarse solution is computed once,
-as the engine computes it with its default ``EngineConfig`` (solve grid, detector binning, passes, TV weights
-and relaxation). Each setting re-solves the ROI grown by MARGIN_VOX output voxels with PASSES SART passes at
-relaxation LAMBDA, TV weight decaying geometrically from TV to TV_FINAL (constant without it); the engine's
+by the engine's own ``init_tv_sart`` with the default ``EngineConfig``. Each setting re-solves the ROI grown by
+MARGIN_VOX output voxels with PASSES SART passes at relaxation LAMBDA, TV weight decaying geometrically from TV to TV_FINAL (constant without it); the engine's
 defaults are ``10,16,1.3,0.02,0.004``. ``--order`` repeats every setting with the views visited in each given
 order: ``sequential`` (as given), ``reverse``, ``random:SEED`` (a permutation), ``golden`` (the k-th update
 takes view ``argsort(frac(k * 0.618))``, spreading consecutive updates over the arc). ``--average`` also scores
@@ -38,28 +37,6 @@ def view_order(spec: str, n: int) -> list[int]:
     raise ValueError(f"unknown order {spec!r}: use sequential, reverse, golden or random:SEED")
 
 
-def engine_coarse_solve(views, proj, grid):
-    """``(solve_grid, solution)``: the coarse TV-SART solve of the engine's full-body init, default config."""
-    from ixgs_ros.core import rtk_baseline as rb
-    from ixgs_ros.core.engine import EngineConfig
-    from ixgs_ros.core.radiograph import bin_view
-
-    cfg = EngineConfig()
-    solve = rb.default_solve_grid(views, grid, projections=proj, max_voxels=cfg.init_solve_max_voxels)
-    sviews, sproj = views, proj
-    if float(solve.spacing.min()) > float(grid.spacing.max()) + 1e-6:
-        b = cfg.init_coarse_binning or rb.coarse_binning(views, solve)
-        if b > 1:
-            pairs = [bin_view(v, p, b) for v, p in zip(views, proj)]
-            sviews, sproj = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
-    passes = cfg.init_exterior_sart_iterations or cfg.init_sart_iterations
-    s = cfg.init_exterior_tv_scale
-    tv1 = None if cfg.init_tv_weight_final is None else cfg.init_tv_weight_final * s
-    sol = rb.sart_tv(sviews, sproj, solve, passes, cfg.init_tv_weight * s, tv_weight_final=tv1,
-                     lam=cfg.init_sart_lambda)
-    return solve, np.maximum(sol, 0)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("scan_dir")
@@ -72,6 +49,7 @@ def main(argv=None) -> int:
 
     from bench_scan import load_training
     from ixgs_ros.core import rtk_baseline as rb
+    from ixgs_ros.core.engine import EngineConfig, init_tv_sart
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
 
     specs = []
@@ -86,7 +64,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         ap.error(str(e))
     t = time.perf_counter()
-    solve, coarse = engine_coarse_solve(views, proj, grid)
+    init = init_tv_sart(views, proj, grid, EngineConfig())
+    solve, coarse = init.solve, init.volume
     v = rb.resample_volume(coarse, solve, grid)
     print(f"coarse TV-SART on {solve.shape} at {solve.spacing[0]:.2f} mm: {psnr_3d(v, gt):.3f} dB / "
           f"{ssim_3d(v, gt):.4f} ({time.perf_counter() - t:.1f} s)", flush=True)

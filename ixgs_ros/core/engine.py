@@ -331,6 +331,54 @@ class _Adam:
                                                       device=st[k].device)])
 
 
+@dataclass
+class InitSolve:
+    """The result of :func:`init_tv_sart`."""
+    solve: Grid          # the grid it was solved on (holding all material the rays cross)
+    volume: np.ndarray   # the solution on it, mu in 1/mm, >= 0
+    margin: np.ndarray   # per axis, mm by which the solve grid's box exceeds the ROI's on its wider side
+    exterior: bool       # whether material lies outside the ROI (the solve grid is more than a thin shell larger)
+    stage: str           # its name in progress reports, e.g. "coarse TV-SART (2.75 mm)"
+
+
+def init_tv_sart(views, proj, grid: Grid, cfg: EngineConfig, progress=None) -> InitSolve:
+    """The TV-SART solve the engine's RTK init starts from (``cfg``'s init_* fields): on the grid that
+    :func:`rtk_baseline.default_solve_grid` says holds all the material the training ``views`` cross (world
+    frame, ``proj`` their line integrals); the ROI ``grid`` as support when all material lies inside
+    it; more passes and stronger TV when it does not (the coarse full-body solve), on detector-binned views when
+    the solve grid is coarser than ``grid``. ``progress(stage, done, total)`` as in
+    :meth:`ReconstructionEngine.step`. Also used by ``benchmarks/refine_inner_sweep.py``."""
+    from . import rtk_baseline as rb
+
+    solve = rb.default_solve_grid(views, grid, projections=proj, max_voxels=cfg.init_solve_max_voxels)
+    # a solve grid that is just the ROI and a thin margin means no material outside the ROI (ROI-only
+    # views): the margin then only holds SART's edge artifacts (2.4 % of the projected mass on the ROI-only
+    # T12 scan), which a fixed background would keep for good
+    margin = np.maximum(grid.bounds()[0] - solve.bounds()[0], solve.bounds()[1] - grid.bounds()[1])
+    exterior = bool((margin > 2.0 * grid.spacing.max()).any())
+    support = grid if (not exterior and cfg.init_support) else None
+    passes = cfg.init_sart_iterations
+    if exterior and cfg.init_exterior_sart_iterations is not None:
+        passes = cfg.init_exterior_sart_iterations
+    tv0, tv1 = cfg.init_tv_weight, cfg.init_tv_weight_final
+    if exterior:
+        tv0, tv1 = tv0 * cfg.init_exterior_tv_scale, None if tv1 is None else tv1 * cfg.init_exterior_tv_scale
+    sviews, sproj = views, proj
+    coarse = float(solve.spacing.min()) > float(grid.spacing.max()) + 1e-6
+    if coarse:  # coarse solve: bin the detector
+        b = cfg.init_coarse_binning or rb.coarse_binning(views, solve)
+        if b > 1:
+            from .radiograph import bin_view
+            pairs = [bin_view(v, p, b) for v, p in zip(views, proj)]
+            sviews, sproj = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
+    stage = f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm)"
+    report = progress or (lambda *_: None)
+    report(stage, 0, passes)
+    sol = rb.sart_tv(sviews, sproj, solve, passes, tv0, tv_weight_final=tv1, support=support,
+                     lam=cfg.init_sart_lambda, on_pass=lambda k, n: report(stage, k, n))
+    return InitSolve(solve, np.maximum(sol, 0), margin, exterior, stage)
+
+
 class ReconstructionEngine:
     """Live R²-Gaussian reconstruction onto a world-mm :class:`~ixgs_ros.core.volume.Grid`."""
 
@@ -592,33 +640,9 @@ class ReconstructionEngine:
 
         cfg = self.config
         views, proj = self._train_views_world()
-        solve = rb.default_solve_grid(views, self.grid, projections=proj, max_voxels=cfg.init_solve_max_voxels)
-        # a solve grid that is just the ROI and a thin margin means no material outside the ROI (ROI-only
-        # views): the margin then only holds SART's edge artifacts (2.4 % of the projected mass on the ROI-only
-        # T12 scan), which a fixed background would keep for good
-        margin = np.maximum(self.grid.bounds()[0] - solve.bounds()[0], solve.bounds()[1] - self.grid.bounds()[1])
-        exterior = bool((margin > 2.0 * self.grid.spacing.max()).any())
+        init = init_tv_sart(views, proj, self.grid, cfg, progress=self._report)
+        solve, sol, margin, exterior, stage = init.solve, init.volume, init.margin, init.exterior, init.stage
         self._material_ends_at_roi = not exterior
-        support = self.grid if (self._material_ends_at_roi and cfg.init_support) else None
-        passes = cfg.init_sart_iterations
-        if exterior and cfg.init_exterior_sart_iterations is not None:
-            passes = cfg.init_exterior_sart_iterations
-        tv0, tv1 = cfg.init_tv_weight, cfg.init_tv_weight_final
-        if exterior:
-            tv0, tv1 = tv0 * cfg.init_exterior_tv_scale, None if tv1 is None else tv1 * cfg.init_exterior_tv_scale
-        sviews, sproj = views, proj
-        if float(solve.spacing.min()) > float(self.grid.spacing.max()) + 1e-6:  # coarse solve: bin the detector
-            b = cfg.init_coarse_binning or rb.coarse_binning(views, solve)
-            if b > 1:
-                from .radiograph import bin_view
-                pairs = [bin_view(v, p, b) for v, p in zip(views, proj)]
-                sviews, sproj = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
-        coarse = float(solve.spacing.min()) > float(self.grid.spacing.max()) + 1e-6
-        stage = f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm)"
-        self._report(stage, 0, passes)
-        sol = rb.sart_tv(sviews, sproj, solve, passes, tv0, tv_weight_final=tv1, support=support,
-                         lam=cfg.init_sart_lambda, on_pass=lambda k, n: self._report(stage, k, n))
-        sol = np.maximum(sol, 0)
         self._show(sol, solve, f"{stage} solution from {len(views)} views")
         self._init_spacing = float(solve.spacing.max())
         fine_grid = self.grid
