@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -28,3 +29,35 @@ def test_view_orders_differ_as_named():
 def test_unknown_view_order_is_named_in_the_error():
     with pytest.raises(ValueError, match="spiral"):
         view_order("spiral", 4)
+
+
+def test_exterior_oracle_mixes_as_named():
+    from exterior_oracle import ROWS, mix_exterior
+
+    shape = (6, 5, 4)
+    coarse = np.full(shape, 1.0, np.float32)
+    true = np.full(shape, 2.0, np.float32)
+    inside = np.zeros(shape, bool)
+    inside[2:4, 1:3, 1:3] = True
+    dist = np.where(inside, 0.0, np.arange(6, dtype=float)[:, None, None] * 10 + 5 + np.zeros(shape))
+    got = {r: mix_exterior(coarse, true, inside, dist, r, 30.0) for r in ROWS}
+    # the fine box always keeps the coarse solution
+    for r in ROWS:
+        assert (got[r][inside] == 1.0).all()
+    assert (got["engine"] == 1.0).all()
+    assert (got["true"][~inside] == 2.0).all()
+    near, far = ~inside & (dist < 30), ~inside & (dist >= 30)
+    assert near.any() and far.any()
+    assert (got["true-near"][near] == 2.0).all() and (got["true-near"][far] == 1.0).all()
+    assert (got["true-far"][far] == 2.0).all() and (got["true-far"][near] == 1.0).all()
+
+
+def test_exterior_oracle_rejects_bad_rows_and_shapes():
+    from exterior_oracle import mix_exterior
+
+    a = np.zeros((2, 2, 2), np.float32)
+    m = np.zeros((2, 2, 2), bool)
+    with pytest.raises(ValueError, match="halfway"):
+        mix_exterior(a, a, m, a, "halfway", 30.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        mix_exterior(a, np.zeros((2, 2, 3)), m, a, "true", 30.0)
