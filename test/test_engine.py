@@ -647,6 +647,42 @@ def test_init_passes_and_tv_differ_with_material_outside_the_roi(monkeypatch):
         assert weights == [pytest.approx((0.03, 0.006) if images is outside else (0.01, 0.002))], weights
 
 
+def test_coarse_full_body_tv_is_stronger_where_few_views_look(monkeypatch):
+    """``init_exterior_tv_unseen`` scales the coarse full-body solve's TV voxel by voxel by 1 + it x the
+    fraction of the views that do not see the voxel; 0 turns that off; an ROI-only init never has a map."""
+    from ixgs_ros.core import rtk_baseline as rb
+
+    maps = []
+    real = rb.sart_tv
+
+    def spy(views, proj, solve, passes, tv_weight, **kwargs):
+        m = kwargs.get("tv_weight_map")
+        maps.append(None if m is None else (np.asarray(m).copy(), rb.view_counts(views, solve), len(views)))
+        return real(views, proj, solve, passes, tv_weight, **kwargs)
+
+    monkeypatch.setattr(rb, "sart_tv", spy)
+    roi = Grid.centered(16, 2.5, (0, 0, 0))
+    views = make_views(n=8, seed=2)
+    inside = sphere_projection(views, 12.0)
+    outside = [a + b for a, b in zip(inside, sphere_projection(views, 30.0, (55.0, 0, 0)))]
+    for images, unseen in ((outside, 2.0), (outside, 0.0), (inside, 2.0)):
+        maps.clear()
+        _initialised(roi, views, images, context=True, context_mode="background", init_sart_iterations=2,
+                     init_fine_passes=0, init_exterior_tv_unseen=unseen)
+        assert len(maps) == 1
+        if images is inside or unseen == 0:
+            assert maps[0] is None
+            continue
+        m, counts, n = maps[0]
+        assert np.allclose(m, 1.0 + unseen * (1.0 - counts / n))
+        assert m.min() == pytest.approx(1.0) and m.max() > 1.5  # all views see the ROI; some voxels few
+
+
+def test_negative_unseen_tv_scale_is_refused():
+    with pytest.raises(EngineError, match="init_exterior_tv_unseen"):
+        small_config(init_exterior_tv_unseen=-1.0).validate()
+
+
 class _Stop(Exception):
     pass
 

@@ -123,6 +123,11 @@ class EngineConfig:
                                     # coarse solve then 6 fine passes at TV 0.003: x1 28.25 dB, x2 28.62; with
                                     # the exact exterior, TV-SART on the ROI + 10 mm box: x1 28.39, x2 28.63,
                                     # x4 28.64)
+    init_exterior_tv_unseen: float = 2.0  # ... and at each voxel times 1 + this x the fraction of the views that
+                                    # do not see it (rtk_baseline.view_counts): truncated views leave the body's
+                                    # sides few views see to the prior, and SART smears mass there (session 17:
+                                    # T12 / L1 full-body 25 views, init alone 29.10 / 27.32 dB at 0, 29.23 / 27.54
+                                    # at 2; T12 at 1 / 3 / 6: 29.22 / 29.22 / 29.14; 0 = off)
     init_sart_lambda: float = 1.3   # SART relaxation of the init passes (RTK's default 0.3, its baseline 0.6;
                                     # T12 25 views, init alone, 24 passes: 0.6 -> 32.97 / 26.16 dB,
                                     # 1.0 -> 33.45 / 26.67, 1.3 -> 33.69 / 26.79 ROI-only / full-body; with
@@ -233,6 +238,8 @@ class EngineConfig:
         if self.init_exterior_sart_iterations is not None and self.init_exterior_sart_iterations < 1:
             raise EngineError(f"init_exterior_sart_iterations must be >= 1 (or None), "
                               f"got {self.init_exterior_sart_iterations}")
+        if not self.init_exterior_tv_unseen >= 0:
+            raise EngineError(f"init_exterior_tv_unseen must be >= 0, got {self.init_exterior_tv_unseen}")
         if self.lr_warmup < 0:
             raise EngineError(f"lr_warmup must be >= 0, got {self.lr_warmup}")
         if self.lattice_nonneg_rounds < 0:
@@ -345,7 +352,8 @@ def init_tv_sart(views, proj, grid: Grid, cfg: EngineConfig, progress=None) -> I
     """The TV-SART solve the engine's RTK init starts from (``cfg``'s init_* fields): on the grid that
     :func:`rtk_baseline.default_solve_grid` says holds all the material the training ``views`` cross (world
     frame, ``proj`` their line integrals); the ROI ``grid`` as support when all material lies inside
-    it; more passes and stronger TV when it does not (the coarse full-body solve), on detector-binned views when
+    it; more passes and stronger TV when it does not (the coarse full-body solve; the TV stronger still where
+    few views look, ``init_exterior_tv_unseen``), on detector-binned views when
     the solve grid is coarser than ``grid``. ``progress(stage, done, total)`` as in
     :meth:`ReconstructionEngine.step`. Also used by ``benchmarks/refine_inner_sweep.py``."""
     from . import rtk_baseline as rb
@@ -371,11 +379,14 @@ def init_tv_sart(views, proj, grid: Grid, cfg: EngineConfig, progress=None) -> I
             from .radiograph import bin_view
             pairs = [bin_view(v, p, b) for v, p in zip(views, proj)]
             sviews, sproj = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
+    wmap = None
+    if exterior and cfg.init_exterior_tv_unseen > 0:  # stronger TV where few views look
+        wmap = 1.0 + cfg.init_exterior_tv_unseen * (1.0 - rb.view_counts(sviews, solve) / len(sviews))
     stage = f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm)"
     report = progress or (lambda *_: None)
     report(stage, 0, passes)
     sol = rb.sart_tv(sviews, sproj, solve, passes, tv0, tv_weight_final=tv1, support=support,
-                     lam=cfg.init_sart_lambda, on_pass=lambda k, n: report(stage, k, n))
+                     lam=cfg.init_sart_lambda, tv_weight_map=wmap, on_pass=lambda k, n: report(stage, k, n))
     return InitSolve(solve, np.maximum(sol, 0), margin, exterior, stage)
 
 
