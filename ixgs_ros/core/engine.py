@@ -127,7 +127,8 @@ class EngineConfig:
                                     # do not see it (rtk_baseline.view_counts): truncated views leave the body's
                                     # sides few views see to the prior, and SART smears mass there (session 17:
                                     # T12 / L1 full-body 25 views, init alone 29.10 / 27.32 dB at 0, 29.23 / 27.54
-                                    # at 2; T12 at 1 / 3 / 6: 29.22 / 29.22 / 29.14; 0 = off)
+                                    # at 2; T12 at 1 / 3 / 6: 29.22 / 29.22 / 29.14; whole engine T12 / L1:
+                                    # 28.98 -> 29.10 / 27.27 -> 27.48 dB, held-out 2D -0.37 / -0.23 dB; 0 = off)
     init_sart_lambda: float = 1.3   # SART relaxation of the init passes (RTK's default 0.3, its baseline 0.6;
                                     # T12 25 views, init alone, 24 passes: 0.6 -> 32.97 / 26.16 dB,
                                     # 1.0 -> 33.45 / 26.67, 1.3 -> 33.69 / 26.79 ROI-only / full-body; with
