@@ -614,36 +614,51 @@ def test_learning_rates_warm_up_linearly_then_decay(grid):
     assert eng._lrs()["means"] == pytest.approx(eng.config.lr_means)
 
 
+def _spy_sart_tv(monkeypatch) -> list[dict]:
+    """Record every ``rtk_baseline.sart_tv`` call the engine makes (views, solve grid, passes, TV weights and
+    map), then run the real solve."""
+    from ixgs_ros.core import rtk_baseline as rb
+
+    calls = []
+    real = rb.sart_tv
+
+    def spy(views, proj, solve, passes, tv_weight, **kwargs):
+        m = kwargs.get("tv_weight_map")
+        calls.append({"views": views, "solve": solve, "passes": passes, "tv": tv_weight,
+                      "tv_final": kwargs.get("tv_weight_final"), "map": None if m is None else np.array(m)})
+        return real(views, proj, solve, passes, tv_weight, **kwargs)
+
+    monkeypatch.setattr(rb, "sart_tv", spy)
+    return calls
+
+
+def _roi_and_sphere_views():
+    """A 40 mm ROI, 8 views, and their images of a sphere inside the ROI alone (``inside``) and with a big
+    sphere outside it (``outside``)."""
+    roi = Grid.centered(16, 2.5, (0, 0, 0))
+    views = make_views(n=8, seed=2)
+    inside = sphere_projection(views, 12.0)
+    outside = [a + b for a, b in zip(inside, sphere_projection(views, 30.0, (55.0, 0, 0)))]
+    return roi, views, inside, outside
+
+
 def test_init_passes_and_tv_differ_with_material_outside_the_roi(monkeypatch):
     """``init_exterior_sart_iterations`` sets the init's TV-SART passes when material lies outside the ROI (the
     coarse full-body solve); None falls back to ``init_sart_iterations``; views whose material is all inside
     the ROI always use ``init_sart_iterations``. The TV weights of that coarse solve are scaled by
     ``init_exterior_tv_scale``; those of an ROI-only init are not."""
-    from ixgs_ros.core import rtk_baseline as rb
-
-    calls, weights = [], []
-    real = rb.sart_tv
-
-    def spy(views, proj, solve, passes, tv_weight, **kwargs):
-        calls.append(passes)
-        weights.append((tv_weight, kwargs.get("tv_weight_final")))
-        return real(views, proj, solve, passes, tv_weight, **kwargs)
-
-    monkeypatch.setattr(rb, "sart_tv", spy)
-    roi = Grid.centered(16, 2.5, (0, 0, 0))
-    views = make_views(n=8, seed=2)
-    inside = sphere_projection(views, 12.0)
-    outside = [a + b for a, b in zip(inside, sphere_projection(views, 30.0, (55.0, 0, 0)))]
+    calls = _spy_sart_tv(monkeypatch)
+    roi, views, inside, outside = _roi_and_sphere_views()
     cfg = dict(init_sart_iterations=3, init_fine_passes=0, init_tv_weight=0.01, init_tv_weight_final=0.002,
                init_exterior_tv_scale=3.0)
     for images, ext, want in ((outside, 2, 2), (outside, None, 3), (inside, 2, 3)):
         calls.clear()
-        weights.clear()
         eng = _initialised(roi, views, images, context=True, context_mode="background",
                            init_exterior_sart_iterations=ext, **cfg)
-        assert calls == [want], (ext, calls)
+        assert [c["passes"] for c in calls] == [want], (ext, calls)
         assert (eng._exterior is not None) == (images is outside)
         # the coarse full-body solve's TV weights are init_exterior_tv_scale times the init's
+        weights = [(c["tv"], c["tv_final"]) for c in calls]
         assert weights == [pytest.approx((0.03, 0.006) if images is outside else (0.01, 0.002))], weights
 
 
@@ -652,28 +667,18 @@ def test_coarse_full_body_tv_is_stronger_where_few_views_look(monkeypatch):
     fraction of the views that do not see the voxel; 0 turns that off; an ROI-only init never has a map."""
     from ixgs_ros.core import rtk_baseline as rb
 
-    maps = []
-    real = rb.sart_tv
-
-    def spy(views, proj, solve, passes, tv_weight, **kwargs):
-        m = kwargs.get("tv_weight_map")
-        maps.append(None if m is None else (np.asarray(m).copy(), rb.view_counts(views, solve), len(views)))
-        return real(views, proj, solve, passes, tv_weight, **kwargs)
-
-    monkeypatch.setattr(rb, "sart_tv", spy)
-    roi = Grid.centered(16, 2.5, (0, 0, 0))
-    views = make_views(n=8, seed=2)
-    inside = sphere_projection(views, 12.0)
-    outside = [a + b for a, b in zip(inside, sphere_projection(views, 30.0, (55.0, 0, 0)))]
+    calls = _spy_sart_tv(monkeypatch)
+    roi, views, inside, outside = _roi_and_sphere_views()
     for images, unseen in ((outside, 2.0), (outside, 0.0), (inside, 2.0)):
-        maps.clear()
+        calls.clear()
         _initialised(roi, views, images, context=True, context_mode="background", init_sart_iterations=2,
                      init_fine_passes=0, init_exterior_tv_unseen=unseen)
-        assert len(maps) == 1
+        assert len(calls) == 1
+        m = calls[0]["map"]
         if images is inside or unseen == 0:
-            assert maps[0] is None
+            assert m is None
             continue
-        m, counts, n = maps[0]
+        counts, n = rb.view_counts(calls[0]["views"], calls[0]["solve"]), len(calls[0]["views"])
         assert np.allclose(m, 1.0 + unseen * (1.0 - counts / n))
         assert m.min() == pytest.approx(1.0) and m.max() > 1.5  # all views see the ROI; some voxels few
 

@@ -567,10 +567,7 @@ def default_solve_grid(views: Sequence[View], roi_grid: Grid, body_extent=None, 
         thr = air_threshold * float(proj.max())
     seen = np.zeros(len(P), dtype=bool)
     for i, v in enumerate(views):
-        uv, z = v.project(P)
-        with np.errstate(invalid="ignore"):
-            u, r = np.rint(uv[:, 0]), np.rint(uv[:, 1])
-            inside = (z > 0) & (u >= 0) & (u < v.width) & (r >= 0) & (r < v.height)
+        inside, u, r = _detector_pixels(v, P)
         seen |= inside
         if proj is not None:  # carve: drop points on air pixels, and outside untruncated views
             material = maximum_filter(proj[i] > thr, size=3)  # a pixel of slack for voxel-sized objects
@@ -758,19 +755,26 @@ def tv_denoise(x: np.ndarray, weight: float, iterations: int = 20, *,
     return (u * scale).numpy().astype(np.float32)
 
 
+def _detector_pixels(view: View, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(on_detector, column, row)`` of world ``points`` [N, 3] in ``view``: the nearest pixel centre (rounded,
+    float) and whether the point lies in front of the source and that pixel on the detector."""
+    uv, z = view.project(points)
+    with np.errstate(invalid="ignore"):
+        u, r = np.rint(uv[:, 0]), np.rint(uv[:, 1])
+        inside = (z > 0) & (u >= 0) & (u < view.width) & (r >= 0) & (r < view.height)
+    return inside, u, r
+
+
 def view_counts(views: Sequence[View], grid: Grid) -> np.ndarray:
     """For each voxel of ``grid``, how many of ``views`` see it: its centre lies in front of the source and
-    projects onto the detector (within half a pixel of the outermost pixel centres). float32, ``grid.shape``.
-    Voxels few views see are those a truncated scan leaves to the prior (see :func:`sart_tv`'s
+    its nearest pixel centre on the detector (as :func:`default_solve_grid` decides it). float32,
+    ``grid.shape``. Voxels few views see are those a truncated scan leaves to the prior (see :func:`sart_tv`'s
     ``tv_weight_map``)."""
     views = _check_views(views)
     X = grid.world_coords().reshape(-1, 3)
     counts = np.zeros(len(X), dtype=np.float32)
     for v in views:
-        uv, z = v.project(X)
-        with np.errstate(invalid="ignore"):
-            counts += ((z > 0) & (uv[:, 0] > -0.5) & (uv[:, 0] < v.width - 0.5)
-                       & (uv[:, 1] > -0.5) & (uv[:, 1] < v.height - 0.5))
+        counts += _detector_pixels(v, X)[0]
     return counts.reshape(grid.shape)
 
 
