@@ -56,10 +56,11 @@ def small_config(**kw):
     # A constant TV weight of 0.01: the default schedule (0.03 -> 0.003, tuned on 24 passes over 128³ volumes)
     # squeezed into 3 passes over a 24³ sphere flattens it (core mean 25 % low). R²-Gaussian's position and
     # scale rates: the defaults' smaller ones suit a 24-pass TV-SART start, not this rough 3-pass one.
-    # init_exterior_sart_iterations=None, init_fine_passes=3: the full-body defaults (20 coarse + 12 fine passes,
-    # tuned on 128³ at 1 mm) would make every test with material outside its small ROI run minutes.
+    # init_exterior_sart_iterations=None, init_fine_passes=3, init_exterior_levels=1: the full-body defaults (48
+    # + 24 coarse and 16 fine passes, tuned on 128³ at 1 mm) would make every test with material outside its
+    # small ROI run minutes (test_two_level_full_body_init_solves_a_coarser_grid_first runs the two levels).
     base = dict(iterations=120, init_sart_iterations=3, init_tv_weight=0.01, init_tv_weight_final=None,
-                init_exterior_sart_iterations=None, init_fine_passes=3,
+                init_exterior_sart_iterations=None, init_fine_passes=3, init_exterior_levels=1,
                 lr_means=2e-4, lr_scales=5e-3, densify=True, views_per_step=1, lr_density=1e-2, init_lattice=8,
                 init_iterations=300, init_image_size=32, n_init=600, init_fit_iterations=100, init_fit_block=16,
                 context=False, densify_from=60, densify_interval=40, tv_size=8, max_gaussians=2000, seed=3)
@@ -624,8 +625,10 @@ def _spy_sart_tv(monkeypatch) -> list[dict]:
 
     def spy(views, proj, solve, passes, tv_weight, **kwargs):
         m = kwargs.get("tv_weight_map")
+        x0 = kwargs.get("x0")
         calls.append({"views": views, "solve": solve, "passes": passes, "tv": tv_weight,
-                      "tv_final": kwargs.get("tv_weight_final"), "map": None if m is None else np.array(m)})
+                      "tv_final": kwargs.get("tv_weight_final"), "map": None if m is None else np.array(m),
+                      "x0": None if x0 is None else np.array(x0)})
         return real(views, proj, solve, passes, tv_weight, **kwargs)
 
     monkeypatch.setattr(rb, "sart_tv", spy)
@@ -681,6 +684,39 @@ def test_coarse_full_body_tv_is_stronger_where_few_views_look(monkeypatch):
         counts, n = rb.view_counts(calls[0]["views"], calls[0]["solve"]), len(calls[0]["views"])
         assert np.allclose(m, 1.0 + unseen * (1.0 - counts / n))
         assert m.min() == pytest.approx(1.0) and m.max() > 1.5  # all views see the ROI; some voxels few
+
+
+def test_two_level_full_body_init_solves_a_coarser_grid_first(monkeypatch):
+    """With ``init_exterior_levels=2`` a coarse full-body solve first runs ``init_exterior_level_passes`` on the
+    solve grid coarsened 2x (views binned to it, TV from the first weight to the geometric mean of first and
+    last, its own unseen-views map), then ``init_exterior_sart_iterations`` passes on the solve grid starting
+    from that solution resampled (TV from the mean to the last weight); an ROI-only init stays one level; bad
+    level settings are refused by name."""
+    from ixgs_ros.core import rtk_baseline as rb
+
+    calls = _spy_sart_tv(monkeypatch)
+    roi, views, inside, outside = _roi_and_sphere_views()
+    cfg = dict(context=True, context_mode="background", init_fine_passes=0, init_exterior_levels=2,
+               init_exterior_level_passes=2, init_exterior_sart_iterations=3, init_tv_weight=0.04,
+               init_tv_weight_final=0.01, init_exterior_tv_scale=1.0, init_solve_max_voxels=12 ** 3)
+    eng = _initialised(roi, views, outside, **cfg)
+    assert [c["passes"] for c in calls] == [2, 3]
+    low, fine = calls[0]["solve"], calls[1]["solve"]
+    assert fine.spacing.min() > roi.spacing.max()  # the level-2 solve is itself coarser than the ROI
+    assert low == rb.coarsen_grid(fine, 2)
+    assert [(c["tv"], c["tv_final"]) for c in calls] == [pytest.approx((0.04, 0.02)), pytest.approx((0.02, 0.01))]
+    assert calls[0]["x0"] is None and calls[1]["x0"] is not None and calls[0]["map"] is not None
+    # each level's views binned to its voxels (rtk_baseline.coarse_binning; these 32² views stay unbinned)
+    assert [c["views"][0].width for c in calls] == [views[0].width // rb.coarse_binning(views, g)
+                                                   for g in (low, fine)]
+    assert calls[1]["x0"].max() > 0
+    assert eng._exterior is not None
+    calls.clear()
+    _initialised(roi, views, inside, **cfg)
+    assert len(calls) == 1 and calls[0]["x0"] is None
+    for bad in (dict(init_exterior_levels=3), dict(init_exterior_level_passes=0)):
+        with pytest.raises(EngineError, match="init_exterior_level"):
+            small_config(**bad).validate()
 
 
 def test_negative_unseen_tv_scale_is_refused():

@@ -123,6 +123,15 @@ class EngineConfig:
                                     # coarse solve then 6 fine passes at TV 0.003: x1 28.25 dB, x2 28.62; with
                                     # the exact exterior, TV-SART on the ROI + 10 mm box: x1 28.39, x2 28.63,
                                     # x4 28.64)
+    init_exterior_levels: int = 2   # the coarse full-body solve as a two-grid cascade: first this many passes
+    init_exterior_level_passes: int = 48  # (init_exterior_level_passes) on the solve grid coarsened 2x (same
+                                    # box; views binned to it), its TV schedule running from the first weight to
+                                    # the geometric mean of first and last, then init_exterior_sart_iterations
+                                    # passes from that solution, resampled, on the solve grid from the mean to
+                                    # the last weight. Low frequencies converge in the cheap passes (session 18,
+                                    # T12 full-body 25 views, init alone after the fine re-solve: 1 level of 24
+                                    # passes 29.10 dB in 60-75 s, of 48 passes 29.25 in 137 s; 2 levels 24 + 16
+                                    # 29.24 in 50 s, 48 + 24 29.31 in 82 s, 96 + 16 29.25; 1 = one level)
     init_exterior_tv_unseen: float = 2.0  # ... and at each voxel times 1 + this x the fraction of the views that
                                     # do not see it (rtk_baseline.view_counts): truncated views leave the body's
                                     # sides few views see to the prior, and SART smears mass there (session 17:
@@ -248,6 +257,9 @@ class EngineConfig:
         if not 0.0 < self.init_sart_lambda < 2.0:
             raise EngineError(f"init_sart_lambda must be in (0, 2) (SART converges only there), "
                               f"got {self.init_sart_lambda}")
+        if self.init_exterior_levels not in (1, 2) or self.init_exterior_level_passes < 1:
+            raise EngineError(f"init_exterior_levels must be 1 or 2 and init_exterior_level_passes >= 1, got "
+                              f"{self.init_exterior_levels}, {self.init_exterior_level_passes}")
         if isinstance(self.init_coarse_binning, bool) or not isinstance(self.init_coarse_binning, int) or \
                 self.init_coarse_binning < 0:
             raise EngineError(f"init_coarse_binning must be an integer >= 0 (0 = auto), got "
@@ -372,22 +384,41 @@ def init_tv_sart(views, proj, grid: Grid, cfg: EngineConfig, progress=None) -> I
     tv0, tv1 = cfg.init_tv_weight, cfg.init_tv_weight_final
     if exterior:
         tv0, tv1 = tv0 * cfg.init_exterior_tv_scale, None if tv1 is None else tv1 * cfg.init_exterior_tv_scale
-    sviews, sproj = views, proj
     coarse = float(solve.spacing.min()) > float(grid.spacing.max()) + 1e-6
-    if coarse:  # coarse solve: bin the detector
-        b = cfg.init_coarse_binning or rb.coarse_binning(views, solve)
-        if b > 1:
-            from .radiograph import bin_view
-            pairs = [bin_view(v, p, b) for v, p in zip(views, proj)]
-            sviews, sproj = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
-    wmap = None
-    if exterior and cfg.init_exterior_tv_unseen > 0:  # stronger TV where few views look
-        wmap = 1.0 + cfg.init_exterior_tv_unseen * (1.0 - rb.view_counts(sviews, solve) / len(sviews))
-    stage = f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm)"
+
+    def binned(level: Grid, auto: bool = False):  # the views binned to the level's voxels
+        b = rb.coarse_binning(views, level) if auto else (cfg.init_coarse_binning or rb.coarse_binning(views, level))
+        if b <= 1:
+            return views, proj
+        from .radiograph import bin_view
+        pairs = [bin_view(v, p, b) for v, p in zip(views, proj)]
+        return [q[0] for q in pairs], np.stack([q[1] for q in pairs])
+
+    def weights(level: Grid, lviews):  # stronger TV where few views look
+        if not (exterior and cfg.init_exterior_tv_unseen > 0):
+            return None
+        return 1.0 + cfg.init_exterior_tv_unseen * (1.0 - rb.view_counts(lviews, level) / len(lviews))
+
+    sviews, sproj = binned(solve) if coarse else (views, proj)
     report = progress or (lambda *_: None)
+    x0 = None
+    if exterior and coarse and cfg.init_exterior_levels == 2:  # first the low frequencies, on a 2x coarser grid
+        from .ct import resample
+        low = rb.coarsen_grid(solve, 2)
+        lviews, lproj = binned(low, auto=True)
+        tvm = tv0 if tv1 is None else float(np.sqrt(tv0 * tv1))
+        stage0 = f"coarse TV-SART ({float(low.spacing.max()):.3g} mm)"
+        report(stage0, 0, cfg.init_exterior_level_passes)
+        lsol = rb.sart_tv(lviews, lproj, low, cfg.init_exterior_level_passes, tv0, tv_weight_final=tvm,
+                          lam=cfg.init_sart_lambda, tv_weight_map=weights(low, lviews),
+                          on_pass=lambda k, n: report(stage0, k, n))
+        x0 = resample(np.maximum(lsol, 0), low, solve, order=1)
+        tv0 = tvm
+    stage = f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm)"
     report(stage, 0, passes)
     sol = rb.sart_tv(sviews, sproj, solve, passes, tv0, tv_weight_final=tv1, support=support,
-                     lam=cfg.init_sart_lambda, tv_weight_map=wmap, on_pass=lambda k, n: report(stage, k, n))
+                     lam=cfg.init_sart_lambda, tv_weight_map=weights(solve, sviews), x0=x0,
+                     on_pass=lambda k, n: report(stage, k, n))
     return InitSolve(solve, np.maximum(sol, 0), margin, exterior, stage)
 
 
