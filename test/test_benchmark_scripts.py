@@ -61,3 +61,14 @@ def test_exterior_oracle_rejects_bad_rows_and_shapes():
         mix_exterior(a, a, m, a, "halfway", 30.0)
     with pytest.raises(ValueError, match="shapes differ"):
         mix_exterior(a, np.zeros((2, 2, 3)), m, a, "true", 30.0)
+
+
+def test_coarse_sweep_settings_parse_to_engine_overrides():
+    from coarse_sweep import parse_setting
+
+    assert parse_setting("default") == {}
+    assert parse_setting("init_exterior_levels=1, init_exterior_tv_unseen=4.0,init_exterior_sart_iterations=None") \
+        == {"init_exterior_levels": 1, "init_exterior_tv_unseen": 4.0, "init_exterior_sart_iterations": None}
+    for bad, why in (("init_exterior_levels", "KEY=VALUE"), ("=3", "KEY=VALUE"), ("a=two words", "literal")):
+        with pytest.raises(ValueError, match=why):
+            parse_setting(bad)

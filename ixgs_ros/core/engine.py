@@ -49,6 +49,9 @@ Pipeline (reimplemented from the R²-Gaussian paper, extended to arbitrary poses
    (:func:`~ixgs_ros.core.rtk_baseline.refine_inner`; full-body T12, 25 views: init 26.79 -> 27.6 dB, final
    27.16 -> 27.47 dB; with tv_denoise 27.36 -> 28.25 dB; with the coarse solve's TV doubled,
    ``init_exterior_tv_scale``, and 12 fine passes whose TV decays from 0.02 to 0.004: 27.27 -> 28.92 dB).
+   The coarse solve itself runs on two grids (``init_exterior_levels``): first on the solve grid coarsened 2x,
+   where its many cheap passes settle the low frequencies, then on the solve grid from that solution
+   (whole engine, T12 full-body 25 views: 29.10 -> 29.26 dB).
    Solves already at the output spacing are not refined. Measured on the full-body T12 scan: with coarse context Gaussians instead
    (``context_mode="gaussians"``, group 1, never densified; also what ``init="lattice"`` uses) the ROI
    Gaussians absorbed the unexplained exterior mass and the 3D PSNR fell during optimisation.
@@ -111,8 +114,9 @@ class EngineConfig:
                                     # coarse full-body solve, 4x the voxels, about 4.3 s a pass on 2x2-binned
                                     # views; T12 full-body 25 views, init alone with 12 fine passes: 24 / 20
                                     # coarse passes 28.92 / 28.86 dB; whole engine with 16 fine passes, session
-                                    # 15: 28.98 dB in 268 s vs 28.80 in 246 s with 20 + 12; None:
-                                    # init_sart_iterations)
+                                    # 15: 28.98 dB in 268 s vs 28.80 in 246 s with 20 + 12; with
+                                    # init_exterior_levels=2 the passes of its second level, session 19: 24 /
+                                    # 48 passes 29.31 / 29.35 dB, 97 / 142 s; None: init_sart_iterations)
     init_tv_weight: float = 0.03    # rtk_baseline.sart_tv: TV weight of the first pass; 0 = plain RTK SART
     init_tv_weight_final: float | None = 0.003  # ... decaying geometrically to this at the last (None: constant)
                                     # (T12 25 views, init alone, relaxation 0.6: ROI-only 30.94 dB, full-body
@@ -128,10 +132,12 @@ class EngineConfig:
                                     # box; views binned to it), its TV schedule running from the first weight to
                                     # the geometric mean of first and last, then init_exterior_sart_iterations
                                     # passes from that solution, resampled, on the solve grid from the mean to
-                                    # the last weight. Low frequencies converge in the cheap passes (session 18,
-                                    # T12 full-body 25 views, init alone after the fine re-solve: 1 level of 24
-                                    # passes 29.10 dB in 60-75 s, of 48 passes 29.25 in 137 s; 2 levels 24 + 16
-                                    # 29.24 in 50 s, 48 + 24 29.31 in 82 s, 96 + 16 29.25; 1 = one level)
+                                    # the last weight. Low frequencies converge in the cheap passes (T12
+                                    # full-body 25 views, init alone after the fine re-solve, session 19,
+                                    # benchmarks/coarse_sweep.py: 1 level of 24 passes 29.23 dB, coarse solve
+                                    # 67 s; 2 levels 24 + 16 29.25 in 53 s, 48 + 24 29.31 in 97 s, 48 + 48
+                                    # 29.35 in 142 s; session 18: 96 + 16 29.25; whole engine 29.10 -> 29.26
+                                    # dB, held-out 2D +0.4 dB; 1 = one level)
     init_exterior_tv_unseen: float = 2.0  # ... and at each voxel times 1 + this x the fraction of the views that
                                     # do not see it (rtk_baseline.view_counts): truncated views leave the body's
                                     # sides few views see to the prior, and SART smears mass there (session 17:
