@@ -533,3 +533,38 @@ def test_preload_instantiates_what_the_engine_init_uses():
     view = View([[300.0, 0, 7.5], [0, 300.0, 7.5], [0, 0, 1]], look_at((0, -300.0, 0), (0, 0, 0), (0, 0, 1)), 16, 16)
     p = rb.forward_project(np.ones(grid.shape, np.float32), grid, [view])
     assert p.shape == (1, 16, 16) and p.max() > 10.0  # 16 mm of unit attenuation through the centre
+
+
+_RACE = """
+import threading
+from ixgs_ros.core import rtk_baseline as rb
+errors, types = [], []
+def preload():
+    try:
+        rb.preload()
+    except Exception as e:
+        errors.append(repr(e))
+def use():
+    try:
+        types.append(rb._image_type())
+        rb.set_threads(1)
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=f) for f in (preload, use, use)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+assert not errors and len(types) == 2 and types[0] is types[1], (errors, types)
+print("ok")
+"""
+
+
+def test_itk_loads_once_when_threads_race_for_it():
+    """A live node preloads RTK in a thread while its worker may already initialise (views restored from its
+    state): ITK's lazy loading then raised ``module 'itk' has no attribute 'Image'`` in the worker (reproduced
+    every time by this script before ``import_rtk`` took a lock). Run in a fresh interpreter, where ITK is not
+    loaded yet."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

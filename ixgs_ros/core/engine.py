@@ -129,7 +129,8 @@ class EngineConfig:
                                     # x4 28.64)
     init_exterior_levels: int = 2   # the coarse full-body solve as a two-grid cascade: first this many passes
     init_exterior_level_passes: int = 48  # (init_exterior_level_passes) on the solve grid coarsened 2x (same
-                                    # box; views binned to it), its TV schedule running from the first weight to
+                                    # box; views binned to it by rtk_baseline.coarse_binning, whatever
+                                    # init_coarse_binning says), its TV schedule from the first weight to
                                     # the geometric mean of first and last, then init_exterior_sart_iterations
                                     # passes from that solution, resampled, on the solve grid from the mean to
                                     # the last weight. Low frequencies converge in the cheap passes (T12

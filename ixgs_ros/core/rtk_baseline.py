@@ -56,6 +56,7 @@ All RTK filters here are built fresh for every call (RTK filters may run in plac
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -115,34 +116,45 @@ class RTKUnavailableError(ImportError):
 
 # ---------------------------------------------------------------------------------------------- ITK access
 _ITK = None
+_ITK_LOCK = threading.Lock()
 
 
 def import_rtk():
-    """Import itk and RTK once (lazily: loading takes seconds). Returns ``(itk, rtk)``."""
+    """Import itk and RTK once and load the ITK template instances the engine uses (SART, Joseph forward and
+    back projectors, the float image and its numpy bridges). Returns ``(itk, rtk)``.
+
+    ITK loads its wrappers lazily, on first attribute access, which takes 10-20 s on 2 cores; two threads that
+    trigger it at the same time can see a half-loaded module (``AttributeError: ... has no attribute
+    'Image'``, as a live node's start-up preload beside an initialisation from restored views did). So the first
+    call loads everything under a lock and every other thread waits for it."""
     global _ITK
-    if _ITK is None:
-        try:
-            import itk  # noqa: F401
-            from itk import RTK as rtk
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise RTKUnavailableError(
-                f"the RTK baselines need itk-rtk (pip install itk-rtk): {exc}") from exc
-        _ITK = (itk, rtk)
+    if _ITK is not None:
+        return _ITK
+    with _ITK_LOCK:
+        if _ITK is None:
+            try:
+                import itk  # noqa: F401
+                from itk import RTK as rtk
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise RTKUnavailableError(
+                    f"the RTK baselines need itk-rtk (pip install itk-rtk): {exc}") from exc
+            IT = itk.Image[itk.F, 3]
+            for cls in (rtk.SARTConeBeamReconstructionFilter, rtk.JosephForwardProjectionImageFilter,
+                        rtk.JosephBackProjectionImageFilter):
+                cls[IT, IT].New()
+            rtk.ThreeDCircularProjectionGeometry.New()
+            for name in ("MultiThreaderBase", "image_from_array", "array_from_image"):
+                getattr(itk, name)
+            _ITK = (itk, rtk)
     return _ITK
 
 
 def preload() -> float:
-    """Load RTK and the ITK template instances the engine's initialisation uses (SART, Joseph forward and back
-    projectors). ITK loads its wrappers lazily on first use, which takes 10-20 s on 2 cores inside the first
-    SART pass of a process; a live node calls this at start-up (in a thread: ITK's lazy loading holds its own
-    lock) so that the first initialisation does not wait for it. Returns the seconds it took."""
+    """Load RTK and the ITK template instances the engine's initialisation uses (:func:`import_rtk`) and return
+    the seconds it took; a live node calls this at start-up, in a thread, so that its first initialisation does
+    not wait for ITK's lazy loading (10-20 s on 2 cores) inside the first SART pass."""
     t0 = time.perf_counter()
-    _, rtk = import_rtk()
-    IT = _image_type()
-    for cls in (rtk.SARTConeBeamReconstructionFilter, rtk.JosephForwardProjectionImageFilter,
-                rtk.JosephBackProjectionImageFilter):
-        cls[IT, IT].New()
-    rtk.ThreeDCircularProjectionGeometry.New()
+    import_rtk()
     return time.perf_counter() - t0
 
 
