@@ -1,5 +1,5 @@
 """Shared by the benchmark scripts: the training views of a cached ``ixgs bench`` scan, exactly as ``ixgs bench``
-picks them, with the scan's output grid and ground truth."""
+picks them, with the scan's output grid and ground truth; the engine's fine re-solve of a full-body init."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,3 +21,22 @@ def load_training(scan_dir, n_views: int, holdout: int = 3):
     train, _ = training_subset(primary_angles(scan), n_views, holdout, 0)
     views = [scan.views[i] for i in train]
     return choose_grid(scan), gt, views, np.stack([scan.projections[i] for i in train])
+
+
+def fine_box(grid, cfg):
+    """The box the engine's fine re-solve covers: the ROI ``grid`` grown by ``cfg.init_fine_margin`` mm (in whole
+    output voxels)."""
+    from ixgs_ros.core import rtk_baseline as rb
+
+    return rb.pad_grid(grid, int(np.ceil(cfg.init_fine_margin / float(grid.spacing.min()) - 1e-6)))
+
+
+def fine_resolve(views, proj, grid, solve, volume, cfg) -> np.ndarray:
+    """The engine's fine re-solve of a coarse full-body solution (``volume`` on ``solve``) with ``cfg``'s
+    init_fine_* settings over :func:`fine_box`, the rest held fixed; returns the result on the ROI ``grid``."""
+    from ixgs_ros.core import rtk_baseline as rb
+
+    fine = fine_box(grid, cfg)
+    x, _ = rb.refine_inner(views, proj, solve, volume, fine, cfg.init_fine_passes, lam=cfg.init_fine_lambda,
+                           tv_weight=cfg.init_fine_tv_weight, tv_weight_final=cfg.init_fine_tv_weight_final)
+    return rb.resample_volume(x, fine, grid)

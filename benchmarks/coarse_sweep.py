@@ -51,9 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
 
-    from bench_scan import load_training
+    from bench_scan import fine_resolve, load_training
 
-    from ixgs_ros.core import rtk_baseline as rb
     from ixgs_ros.core.ct import load_ct, resample
     from ixgs_ros.core.engine import EngineConfig, init_tv_sart
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
@@ -79,13 +78,9 @@ def main(argv=None) -> int:
             truth[key] = resample(ct.mu(), ct.grid, solve, order=1).astype(np.float32)
         true = truth[key]
         air = true < 0.004  # below 20 % of water's mu: air (and the lungs' emptiest parts)
-        pad = int(np.ceil(cfg.init_fine_margin / float(grid.spacing.min()) - 1e-6))
-        fine = rb.pad_grid(grid, pad)
         t = time.perf_counter()
-        x, _ = rb.refine_inner(views, proj, solve, coarse, fine, cfg.init_fine_passes, lam=cfg.init_fine_lambda,
-                               tv_weight=cfg.init_fine_tv_weight, tv_weight_final=cfg.init_fine_tv_weight_final)
+        v = fine_resolve(views, proj, grid, solve, coarse, cfg)
         t_fine = time.perf_counter() - t
-        v = rb.resample_volume(x, fine, grid)
         rows.append({"setting": spec, "coarse_s": t_coarse, "fine_s": t_fine,
                      "mass_ratio": float(coarse.sum() / true.sum()),
                      "mass_in_air": float(coarse[air].sum() / coarse.sum()),

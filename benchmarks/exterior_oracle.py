@@ -59,10 +59,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
 
-    from bench_scan import load_training
+    from bench_scan import fine_box, fine_resolve, load_training
     from scipy.ndimage import distance_transform_edt
 
-    from ixgs_ros.core import rtk_baseline as rb
     from ixgs_ros.core.ct import load_ct, resample
     from ixgs_ros.core.engine import EngineConfig, init_tv_sart
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
@@ -87,8 +86,7 @@ def main(argv=None) -> int:
           flush=True)
     ct = load_ct(sim.get("ct_path"), sim.get("labels_path"), with_labels=False)
     true = resample(ct.mu(), ct.grid, solve, order=1).astype(np.float32)
-    pad = int(np.ceil(cfg.init_fine_margin / float(grid.spacing.min()) - 1e-6))
-    fine = rb.pad_grid(grid, pad)
+    fine = fine_box(grid, cfg)
     inside = fine.contains(solve.world_coords()).reshape(solve.shape)
     dist = distance_transform_edt(~inside) * float(solve.spacing[0])
     out = []
@@ -97,9 +95,7 @@ def main(argv=None) -> int:
         e = ~inside
         rel = float(np.sqrt(((vol_in - true)[e] ** 2).sum() / max((true[e] ** 2).sum(), 1e-12)))
         t = time.perf_counter()
-        x, _ = rb.refine_inner(views, proj, solve, vol_in, fine, cfg.init_fine_passes, lam=cfg.init_fine_lambda,
-                               tv_weight=cfg.init_fine_tv_weight, tv_weight_final=cfg.init_fine_tv_weight_final)
-        v = rb.resample_volume(x, fine, grid)
+        v = fine_resolve(views, proj, grid, solve, vol_in, cfg)
         out.append({"exterior": row, "psnr_3d": psnr_3d(v, gt), "ssim_3d": ssim_3d(v, gt),
                     "exterior_rel_error": rel, "seconds": time.perf_counter() - t})
         r = out[-1]

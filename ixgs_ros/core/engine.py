@@ -419,7 +419,7 @@ def init_tv_sart(views, proj, grid: Grid, cfg: EngineConfig, progress=None) -> I
         lsol = rb.sart_tv(lviews, lproj, low, cfg.init_exterior_level_passes, tv0, tv_weight_final=tvm,
                           lam=cfg.init_sart_lambda, tv_weight_map=weights(low, lviews),
                           on_pass=lambda k, n: report(stage0, k, n))
-        x0 = resample(np.maximum(lsol, 0), low, solve, order=1)
+        x0 = resample(lsol, low, solve, order=1)  # sart_tv clips its start at 0
         tv0 = tvm
     stage = f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm)"
     report(stage, 0, passes)

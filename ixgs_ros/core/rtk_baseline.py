@@ -445,8 +445,7 @@ def coarsen_grid(grid: Grid, factor: int) -> Grid:
     shape = tuple(-(-int(n) // factor) for n in grid.shape)
     A = np.array(grid.affine, dtype=np.float64)
     A[:3, :3] *= factor
-    A[:3, 3] = 0.0
-    A[:3, 3] = grid.center - Grid(shape, A).center
+    A[:3, 3] = grid.center - A[:3, :3] @ ((np.asarray(shape, dtype=np.float64) - 1.0) / 2.0)
     return Grid(shape, A)
 
 
