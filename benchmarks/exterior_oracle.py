@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         print(f"| {r['exterior']} | {r['psnr_3d']:.3f} | {r['ssim_3d']:.4f} | {r['exterior_rel_error']:.3f} |")
     if a.json:
         Path(a.json).write_text(json.dumps({"scan": str(a.scan_dir), "views": a.views, "split_mm": a.split_mm,
-                                            "fine_margin_vox": pad, "rows": out}, indent=1))
+                                            "fine_box_shape": list(fine.shape), "rows": out}, indent=1))
     return 0
 
 
