@@ -35,8 +35,10 @@ def fine_resolve(views, proj, grid, solve, volume, cfg) -> np.ndarray:
     """The engine's fine re-solve of a coarse full-body solution (``volume`` on ``solve``) with ``cfg``'s
     init_fine_* settings over :func:`fine_box`, the rest held fixed; returns the result on the ROI ``grid``."""
     from ixgs_ros.core import rtk_baseline as rb
+    from ixgs_ros.core.engine import init_passes
 
     fine = fine_box(grid, cfg)
-    x, _ = rb.refine_inner(views, proj, solve, volume, fine, cfg.init_fine_passes, lam=cfg.init_fine_lambda,
+    passes = init_passes(cfg, cfg.init_fine_passes, len(views))
+    x, _ = rb.refine_inner(views, proj, solve, volume, fine, passes, lam=cfg.init_fine_lambda,
                            tv_weight=cfg.init_fine_tv_weight, tv_weight_final=cfg.init_fine_tv_weight_final)
     return rb.resample_volume(x, fine, grid)

@@ -59,8 +59,9 @@ def small_config(**kw):
     # init_exterior_sart_iterations=None, init_fine_passes=3, init_exterior_levels=1: the full-body defaults (48
     # + 24 coarse and 16 fine passes, tuned on 128³ at 1 mm) would make every test with material outside its
     # small ROI run minutes (test_two_level_full_body_init_solves_a_coarser_grid_first runs the two levels).
+    # init_pass_views=0: the pass counts as given (test_init_passes_scale_up_for_fewer_views scales them).
     base = dict(iterations=120, init_sart_iterations=3, init_tv_weight=0.01, init_tv_weight_final=None,
-                init_exterior_sart_iterations=None, init_fine_passes=3, init_exterior_levels=1,
+                init_exterior_sart_iterations=None, init_fine_passes=3, init_exterior_levels=1, init_pass_views=0,
                 lr_means=2e-4, lr_scales=5e-3, densify=True, views_per_step=1, lr_density=1e-2, init_lattice=8,
                 init_iterations=300, init_image_size=32, n_init=600, init_fit_iterations=100, init_fit_block=16,
                 context=False, densify_from=60, densify_interval=40, tv_size=8, max_gaussians=2000, seed=3)
@@ -716,6 +717,41 @@ def test_two_level_full_body_init_solves_a_coarser_grid_first(monkeypatch):
     assert len(calls) == 1 and calls[0]["x0"] is None
     for bad in (dict(init_exterior_levels=3), dict(init_exterior_level_passes=0)):
         with pytest.raises(EngineError, match="init_exterior_level"):
+            small_config(**bad).validate()
+
+
+def test_init_passes_scale_up_for_fewer_views(monkeypatch):
+    """With n training views fewer than ``init_pass_views`` every init pass count is scaled by init_pass_views / n
+    (at most ``init_pass_scale_max`` x, rounded): both coarse full-body levels and the fine re-solve, and an
+    ROI-only init's passes; n >= init_pass_views keeps the counts; 0 turns the scaling off; bad settings are
+    refused by name."""
+    from ixgs_ros.core import rtk_baseline as rb
+    from ixgs_ros.core.engine import init_passes
+
+    cfg = small_config(init_pass_views=25, init_pass_scale_max=2.5)
+    assert [init_passes(cfg, 24, n) for n in (25, 50, 20, 10, 4)] == [24, 24, 30, 60, 60]
+    assert init_passes(cfg, 0, 5) == 0 and init_passes(small_config(init_pass_views=0), 24, 5) == 24
+    calls = _spy_sart_tv(monkeypatch)
+    fine = []
+    real_refine = rb.refine_inner
+
+    def refine_spy(views, proj, solve, volume, fine_grid, passes, **kw):
+        fine.append(passes)
+        return real_refine(views, proj, solve, volume, fine_grid, passes, **kw)
+
+    monkeypatch.setattr(rb, "refine_inner", refine_spy)
+    roi, views, inside, outside = _roi_and_sphere_views()  # 8 views
+    cfg = dict(context=True, context_mode="background", init_fine_passes=2, init_exterior_levels=2,
+               init_exterior_level_passes=2, init_exterior_sart_iterations=3, init_solve_max_voxels=12 ** 3)
+    for pass_views, want, want_fine in ((16, [4, 6], [4]), (8, [2, 3], [2]), (0, [2, 3], [2]), (40, [5, 8], [5])):
+        calls.clear(), fine.clear()
+        _initialised(roi, views, outside, init_pass_views=pass_views, init_pass_scale_max=2.5, **cfg)
+        assert [c["passes"] for c in calls] == want and fine == want_fine, (pass_views, calls, fine)
+    calls.clear()
+    _initialised(roi, views, inside, init_pass_views=16, init_sart_iterations=3, **cfg)
+    assert [c["passes"] for c in calls] == [6]
+    for bad in (dict(init_pass_views=-1), dict(init_pass_scale_max=0.5)):
+        with pytest.raises(EngineError, match="init_pass_views"):
             small_config(**bad).validate()
 
 
