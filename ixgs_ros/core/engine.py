@@ -153,7 +153,9 @@ class EngineConfig:
                                     # further (session 20, T12, 10 views: full-body 25.15 -> 25.55 dB, 145 ->
                                     # 230 s; ROI-only 29.32 -> 29.80 dB, 187 -> 262 s). More views keep the
                                     # counts (T12 full-body 50 views at half of them: 31.82 -> 31.44 dB in 212
-                                    # s instead of 325). 0 = off.
+                                    # s instead of 325). Live, an init from a few views then takes about as
+                                    # long as one from init_pass_views views (0 = off: quicker, rougher first
+                                    # volumes).
     init_sart_lambda: float = 1.3   # SART relaxation of the init passes (RTK's default 0.3, its baseline 0.6;
                                     # T12 25 views, init alone, 24 passes: 0.6 -> 32.97 / 26.16 dB,
                                     # 1.0 -> 33.45 / 26.67, 1.3 -> 33.69 / 26.79 ROI-only / full-body; with
