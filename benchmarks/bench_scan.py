@@ -23,22 +23,15 @@ def load_training(scan_dir, n_views: int, holdout: int = 3):
     return choose_grid(scan), gt, views, np.stack([scan.projections[i] for i in train])
 
 
-def fine_box(grid, cfg):
-    """The box the engine's fine re-solve covers: the ROI ``grid`` grown by ``cfg.init_fine_margin`` mm (in whole
-    output voxels)."""
-    from ixgs_ros.core import rtk_baseline as rb
-
-    return rb.pad_grid(grid, int(np.ceil(cfg.init_fine_margin / float(grid.spacing.min()) - 1e-6)))
-
-
 def fine_resolve(views, proj, grid, solve, volume, cfg) -> np.ndarray:
     """The engine's fine re-solve of a coarse full-body solution (``volume`` on ``solve``) with ``cfg``'s
-    init_fine_* settings over :func:`fine_box`, the rest held fixed; returns the result on the ROI ``grid``."""
+    init_fine_* settings over the engine's fine box (``engine.fine_box``), the rest held fixed; returns the
+    result on the ROI ``grid``."""
     from ixgs_ros.core import rtk_baseline as rb
-    from ixgs_ros.core.engine import init_passes
+    from ixgs_ros.core.engine import fine_box, init_passes
 
-    fine = fine_box(grid, cfg)
     passes = init_passes(cfg, cfg.init_fine_passes, len(views))
+    fine = fine_box(grid, solve, cfg, refine=passes > 0)
     x, _ = rb.refine_inner(views, proj, solve, volume, fine, passes, lam=cfg.init_fine_lambda,
                            tv_weight=cfg.init_fine_tv_weight, tv_weight_final=cfg.init_fine_tv_weight_final)
     return rb.resample_volume(x, fine, grid)

@@ -59,11 +59,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
 
-    from bench_scan import fine_box, fine_resolve, load_training
+    from bench_scan import fine_resolve, load_training
     from scipy.ndimage import distance_transform_edt
 
     from ixgs_ros.core.ct import load_ct, resample
-    from ixgs_ros.core.engine import EngineConfig, init_tv_sart
+    from ixgs_ros.core.engine import EngineConfig, fine_box, init_tv_sart
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
     from ixgs_ros.core.volume import Grid
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
           flush=True)
     ct = load_ct(sim.get("ct_path"), sim.get("labels_path"), with_labels=False)
     true = resample(ct.mu(), ct.grid, solve, order=1).astype(np.float32)
-    fine = fine_box(grid, cfg)
+    fine = fine_box(grid, solve, cfg, refine=cfg.init_fine_passes > 0)
     inside = fine.contains(solve.world_coords()).reshape(solve.shape)
     dist = distance_transform_edt(~inside) * float(solve.spacing[0])
     out = []

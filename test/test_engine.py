@@ -755,6 +755,21 @@ def test_init_passes_scale_up_for_fewer_views(monkeypatch):
             small_config(**bad).validate()
 
 
+def test_fine_box_grows_the_roi_by_the_overlap_or_the_fine_margin_within_the_solve_grid():
+    """``engine.fine_box``: the ROI grown by exterior_overlap solve voxels, or by init_fine_margin mm when the fine
+    re-solve runs (whichever is more), in whole output voxels, never into the solve grid's last two voxels."""
+    from ixgs_ros.core import rtk_baseline as rb
+    from ixgs_ros.core.engine import fine_box
+
+    roi = Grid.centered(16, 1.0, (0, 0, 0))
+    solve = Grid.centered(40, 2.5, (0, 0, 0))  # 42 mm of margin on every side
+    cfg = small_config(exterior_overlap=1.5, init_fine_margin=10.0)
+    assert fine_box(roi, solve, cfg, refine=False) == rb.pad_grid(roi, 4)  # ceil(1.5 x 2.5 mm / 1 mm)
+    assert fine_box(roi, solve, cfg, refine=True) == rb.pad_grid(roi, 10)
+    tight = Grid.centered(12, 2.5, (0, 0, 0))  # 7 mm of margin: 7 - 2 x 2.5 = 2 mm are left to grow into
+    assert fine_box(roi, tight, cfg, refine=True) == rb.pad_grid(roi, 2)
+
+
 def test_negative_unseen_tv_scale_is_refused():
     with pytest.raises(EngineError, match="init_exterior_tv_unseen"):
         small_config(init_exterior_tv_unseen=-1.0).validate()

@@ -87,7 +87,7 @@ from .geometry import View
 from .losses import ssim_2d, tv_3d
 from .volume import MU_WATER, Grid
 
-__all__ = ["EngineConfig", "ReconstructionEngine", "EngineError", "init_passes", "init_tv_sart"]
+__all__ = ["EngineConfig", "ReconstructionEngine", "EngineError", "fine_box", "init_passes", "init_tv_sart"]
 
 STATE_VERSION = 1
 
@@ -379,7 +379,6 @@ class InitSolve:
     """The result of :func:`init_tv_sart`."""
     solve: Grid          # the grid it was solved on (holding all material the rays cross)
     volume: np.ndarray   # the solution on it, mu in 1/mm, >= 0
-    margin: np.ndarray   # per axis, mm by which the solve grid's box exceeds the ROI's on its wider side
     exterior: bool       # whether material lies outside the ROI (the solve grid is more than a thin shell larger)
     stage: str           # its name in progress reports, e.g. "coarse TV-SART (2.75 mm)"
 
@@ -392,6 +391,27 @@ def init_passes(cfg: EngineConfig, passes: int, n_views: int) -> int:
     if passes <= 0 or not cfg.init_pass_views or n >= cfg.init_pass_views:
         return passes
     return max(passes, int(round(passes * min(cfg.init_pass_views / n, cfg.init_pass_scale_max))))
+
+
+def _solve_margin(grid: Grid, solve: Grid) -> np.ndarray:
+    """Per axis, mm by which ``solve``'s box exceeds the ROI ``grid``'s on its wider side."""
+    return np.maximum(grid.bounds()[0] - solve.bounds()[0], solve.bounds()[1] - grid.bounds()[1])
+
+
+def fine_box(grid: Grid, solve: Grid, cfg: EngineConfig, refine: bool) -> Grid:
+    """The box of the fine Gaussians when the init was solved on ``solve`` with material outside the ROI
+    ``grid`` (background mode): the ROI grown by ``cfg.exterior_overlap`` solve voxels, or by
+    ``cfg.init_fine_margin`` mm when the fine re-solve runs (``refine``; whichever is more), in whole output
+    voxels, but never into the last two solve voxels of the solve grid's thinnest margin."""
+    from . import rtk_baseline as rb
+
+    sp, gs = float(solve.spacing.max()), float(grid.spacing.min())
+    want = cfg.exterior_overlap * sp
+    if refine:
+        want = max(want, cfg.init_fine_margin)
+    margin = float(_solve_margin(grid, solve).min())
+    pad = min(math.ceil(want / gs - 1e-6), math.floor(max(0.0, margin - 2.0 * sp) / gs + 1e-6))
+    return rb.pad_grid(grid, pad)
 
 
 def init_tv_sart(views, proj, grid: Grid, cfg: EngineConfig, progress=None) -> InitSolve:
@@ -408,7 +428,7 @@ def init_tv_sart(views, proj, grid: Grid, cfg: EngineConfig, progress=None) -> I
     # a solve grid that is just the ROI and a thin margin means no material outside the ROI (ROI-only
     # views): the margin then only holds SART's edge artifacts (2.4 % of the projected mass on the ROI-only
     # T12 scan), which a fixed background would keep for good
-    margin = np.maximum(grid.bounds()[0] - solve.bounds()[0], solve.bounds()[1] - grid.bounds()[1])
+    margin = _solve_margin(grid, solve)
     exterior = bool((margin > 2.0 * grid.spacing.max()).any())
     support = grid if (not exterior and cfg.init_support) else None
     passes = cfg.init_sart_iterations
@@ -454,7 +474,7 @@ def init_tv_sart(views, proj, grid: Grid, cfg: EngineConfig, progress=None) -> I
     sol = rb.sart_tv(sviews, sproj, solve, passes, tv0, tv_weight_final=tv1, support=support,
                      lam=cfg.init_sart_lambda, tv_weight_map=weights(solve, sviews), x0=x0,
                      on_pass=lambda k, n: report(stage, k, n))
-    return InitSolve(solve, np.maximum(sol, 0), margin, exterior, stage)
+    return InitSolve(solve, np.maximum(sol, 0), exterior, stage)
 
 
 class ReconstructionEngine:
@@ -719,7 +739,7 @@ class ReconstructionEngine:
         cfg = self.config
         views, proj = self._train_views_world()
         init = init_tv_sart(views, proj, self.grid, cfg, progress=self._report)
-        solve, sol, margin, exterior, stage = init.solve, init.volume, init.margin, init.exterior, init.stage
+        solve, sol, exterior, stage = init.solve, init.volume, init.exterior, init.stage
         self._material_ends_at_roi = not exterior
         self._show(sol, solve, f"{stage} solution from {len(views)} views")
         self._init_spacing = float(solve.spacing.max())
@@ -737,15 +757,10 @@ class ReconstructionEngine:
             # Only a solve coarser than the output grid is refined: at the output spacing the passes would merely
             # continue the same SART with less TV (on the tiny truncated-sphere test of test_engine: ROI RMS
             # 0.0127 with them, 0.0119 without).
-            sp, gs = float(solve.spacing.max()), float(self.grid.spacing.min())
+            gs = float(self.grid.spacing.min())
             fine_passes = (0 if self._init_solved_at_output_spacing()
                            else init_passes(cfg, cfg.init_fine_passes, len(views)))
-            want = cfg.exterior_overlap * sp
-            if fine_passes > 0:
-                want = max(want, cfg.init_fine_margin)
-            pad = min(math.ceil(want / gs - 1e-6),
-                      math.floor(max(0.0, float(margin.min()) - 2.0 * sp) / gs + 1e-6))
-            fine_grid = rb.pad_grid(self.grid, pad)
+            fine_grid = fine_box(self.grid, solve, cfg, refine=fine_passes > 0)
             # split into the exterior and the fine box (0 passes: just the coarse solution resampled)
             fstage = f"fine TV-SART ({gs:.3g} mm)"
             if fine_passes:
