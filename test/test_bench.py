@@ -53,6 +53,8 @@ def test_config_validation_names_the_field(tmp_path):
         B.BenchConfig(out_dir=str(tmp_path), rtk_iterations={"ixgs": 3}).validate()
     with pytest.raises(ValueError, match="engine"):
         B.BenchConfig(out_dir=str(tmp_path), engine={"seed": 3}).validate()
+    with pytest.raises(ValueError, match="rtk_spacing"):
+        B.BenchConfig(out_dir=str(tmp_path), rtk_spacing=0.0).validate()
     with pytest.raises(ValueError, match="n_views_bogus|unknown engine config"):
         B.BenchConfig(out_dir=str(tmp_path), engine={"n_views_bogus": 3}).validate()
     q = B.quick_config(str(tmp_path)).validate()
@@ -192,12 +194,28 @@ def test_bench_isolated_run_reuses_the_scan(tiny_run):
     assert rec["metrics"]["psnr_3d"] == pytest.approx(same["metrics"]["psnr_3d"], abs=1e-3)
 
 
+def test_bench_rtk_spacing_sets_the_sart_solve_grid(tiny_run):
+    """--rtk-spacing: the iterative RTK baseline solves on a grid of that voxel size (here coarser than the
+    ROI's 4 mm), which changes its result; the default solves at the ROI's spacing on an ROI-only scan."""
+    root, _, first, _ = tiny_run
+    cfg = B.BenchConfig(out_dir=str(root / "spacing"), views=[5], methods=["sart"], isolate=False,
+                        scan_cache=str(root / "scans"), surface=False, rtk_spacing=6.0, **TINY)
+    (rec,) = B.run_bench(cfg)["records"]
+    assert "error" not in rec, rec.get("error")
+    assert rec["info"]["solve_spacing_mm"] == pytest.approx(6.0)
+    same = [r for r in first["records"] if r["method"] == "sart" and r["n_views"] == 5][0]
+    assert same["info"]["solve_spacing_mm"] == pytest.approx(4.0)
+    assert rec["metrics"]["psnr_3d"] != pytest.approx(same["metrics"]["psnr_3d"], abs=1e-3)
+    assert "6 mm" in rec["holdout_2d_source"]
+
+
 def test_cli_list_cases_and_errors(tmp_path):
     from ixgs_ros.cli import main
 
     assert main(["bench", "--list-cases"]) == 0
     assert main(["bench", "--out", str(tmp_path), "--cases", "nope"]) == 2
     assert main(["bench", "--out", str(tmp_path), "--views", "0"]) == 2
+    assert main(["bench", "--out", str(tmp_path), "--rtk-spacing", "-1"]) == 2
     assert main(["bench", "--out", str(tmp_path), "--engine", "novalue"]) == 2
     assert main(["bench", "--cases", "all"]) == 2  # --out missing
     assert not (tmp_path / "results.json").exists()

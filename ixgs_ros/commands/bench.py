@@ -29,6 +29,9 @@ def add_parser(sub):
     p.add_argument("--iterations", type=int, default=None, help="ixgs iterations (default: the engine's)")
     p.add_argument("--rtk-iterations", default=None, metavar="M=N,...",
                    help="RTK iteration overrides, e.g. sart=3,cg=20 (default: rtk_baseline's)")
+    p.add_argument("--rtk-spacing", type=float, default=None, metavar="MM",
+                   help="voxel size of the RTK SART/CG solve grid (default: the finest keeping it under 160^3 "
+                        "voxels, 2.75 mm on full-body cases)")
     p.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
                    help="further EngineConfig override (repeatable), e.g. --engine lattice_spacing=1.6")
     g = p.add_argument_group("scans")
@@ -93,7 +96,7 @@ def config_from_args(args):
         "cases": args.cases, "views": args.views, "methods": args.methods, "iterations": args.iterations,
         "detector": args.detector, "roi_size": args.roi_size, "roi_spacing": args.roi_spacing,
         "holdout": args.holdout, "seed": args.seed, "renderer": args.renderer, "scan_cache": args.scan_cache,
-        "threads": args.threads, "curve_points": args.curve_points,
+        "threads": args.threads, "curve_points": args.curve_points, "rtk_spacing": args.rtk_spacing,
     }
     opts = {k: v for k, v in opts.items() if v is not None}
     opts.update(engine=parse_engine_overrides(args.engine), rtk_iterations=_parse_rtk_iterations(args.rtk_iterations),

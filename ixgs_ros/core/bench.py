@@ -149,7 +149,11 @@ def default_methods() -> list[str]:
 @dataclass
 class BenchConfig:
     """Everything a benchmark run needs. ``iterations`` None: the engine's default; ``engine``: further
-    :class:`~ixgs_ros.core.engine.EngineConfig` overrides; ``rtk_iterations``: per-method overrides."""
+    :class:`~ixgs_ros.core.engine.EngineConfig` overrides; ``rtk_iterations``: per-method overrides;
+    ``rtk_spacing``: the voxel size (mm) of the grid the iterative RTK methods solve on (None: that of
+    :func:`~ixgs_ros.core.rtk_baseline.default_solve_grid`, the finest that keeps the box holding the material
+    the rays cross under 160^3 voxels: 2.75 mm on the full-body cases; finer grids score higher and take
+    longer, see BENCHMARKS.md session 21)."""
 
     out_dir: str
     cases: list = field(default_factory=lambda: list(DEFAULT_CASES))
@@ -158,6 +162,7 @@ class BenchConfig:
     iterations: int | None = None
     engine: dict = field(default_factory=dict)
     rtk_iterations: dict = field(default_factory=dict)
+    rtk_spacing: float | None = None
     detector: int = 256
     roi_size: int = 128
     roi_spacing: float = 1.0
@@ -183,6 +188,8 @@ class BenchConfig:
             if k not in RTK_METHODS or int(v) < 1:
                 raise ValueError(f"rtk_iterations: expected method=N with method in {', '.join(RTK_METHODS)} "
                                  f"and N >= 1, got {k}={v}")
+        if self.rtk_spacing is not None and not float(self.rtk_spacing) > 0:
+            raise ValueError(f"rtk_spacing: must be > 0 mm, got {self.rtk_spacing}")
         if self.holdout < 1:
             raise ValueError(f"holdout: at least one held-out view is needed, got {self.holdout}")
         if self.detector < 8 or self.roi_size < 8 or not self.roi_spacing > 0:
@@ -451,7 +458,8 @@ def run_method(job: dict) -> dict:
             vol, info = rb.reconstruct((train_views, train_proj), grid, "fdk")
             wall = time.perf_counter() - t0
         else:
-            solve = rb.default_solve_grid(train_views, grid, projections=train_proj)
+            solve = rb.default_solve_grid(train_views, grid, projections=train_proj,
+                                          spacing=job.get("rtk_spacing"))
             sol, info = rb.reconstruct((train_views, train_proj), solve, method, job.get("iterations"),
                                        solve_grid=solve)
             vol = rb.resample_volume(sol, solve, grid)
@@ -459,7 +467,8 @@ def run_method(job: dict) -> dict:
         peak = _peak_rss_mb()
         # held-out views: forward projection of the solution on the solve grid (material outside the ROI too)
         if method == "fdk":
-            solve = rb.default_solve_grid(train_views, grid, projections=train_proj)
+            solve = rb.default_solve_grid(train_views, grid, projections=train_proj,
+                                          spacing=job.get("rtk_spacing"))
             sol, _ = rb.reconstruct((train_views, train_proj), solve, "fdk")
         pred = rb.forward_project(sol, solve, held_views)
         rec.update({"iterations": int(info["iterations"]), "wall_s": wall,
@@ -666,7 +675,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
                     total_its = int(eng_its if eng_its is not None else EngineConfig().iterations)
                     curve_every = max(1, math.ceil(total_its / max(1, cfg.curve_points)))
                 job = {"scan_dir": str(scan_dir), "order": order, "holdout_positions": hpos, "method": method,
-                       "iterations": its, "engine": cfg.engine, "seed": cfg.seed, "curve_every": curve_every,
+                       "iterations": its, "rtk_spacing": cfg.rtk_spacing, "engine": cfg.engine, "seed": cfg.seed,
+                       "curve_every": curve_every,
                        "threads": cfg.threads, "result_path": str(result_path)}
                 rec = {"case": case.name, "roi": case.roi, "mode": case.mode, "arc_deg": case.arc_deg,
                        "n_views": n, "n_holdout": len(held), "method": method,
