@@ -151,6 +151,14 @@ def test_bench_results_schema(tiny_run):
     rtk = [r for r in recs if r["method"] in ("fdk", "sart")]
     assert all("solve_shape" in r["info"] for r in rtk)
     assert any("PSNR3D" in x for x in lines)
+    (g4, g5) = on_disk["margins"]  # ixgs against the best of FDK / SART at each view count
+    for g, n in ((g4, 4), (g5, 5)):
+        best = max((r for r in recs if r["n_views"] == n and r["method"] != "ixgs"),
+                   key=lambda r: r["metrics"]["psnr_3d"])
+        mine = [r for r in recs if r["n_views"] == n and r["method"] == "ixgs"][0]
+        assert g["n_views"] == n and g["best_rtk"] == best["method"]
+        assert g["margin_psnr_3d"] == pytest.approx(mine["metrics"]["psnr_3d"] - best["metrics"]["psnr_3d"])
+        assert g["rtk_grid_coarser_than_roi"] is False      # ROI-only: RTK solves on the ROI's own grid
 
 
 def test_cpu_steal_is_the_share_of_ticks_given_to_other_guests():
@@ -167,7 +175,8 @@ def test_bench_writes_report_and_plots(tiny_run):
     out = Path(cfg.out_dir)
     md = (out / "results.md").read_text()
     assert md.startswith("# ixgs bench results")
-    assert md.count("| T12-roi-only-arc160 |") == 6
+    assert md.count("| T12-roi-only-arc160 |") == 6 + 2   # six runs, two margins
+    assert "Margins (ixgs minus the best RTK method run here" in md
     expected = {"plots/psnr_vs_views-T12-roi-only-arc160.png"} | {
         f"plots/{kind}-T12-roi-only-arc160-{n}v.png" for kind in ("psnr_vs_time", "montage") for n in (4, 5)}
     assert set(results["files"]) == expected
@@ -217,8 +226,73 @@ def test_cli_list_cases_and_errors(tmp_path):
     assert main(["bench", "--out", str(tmp_path), "--views", "0"]) == 2
     assert main(["bench", "--out", str(tmp_path), "--rtk-spacing", "-1"]) == 2
     assert main(["bench", "--out", str(tmp_path), "--engine", "novalue"]) == 2
+    assert main(["bench", "--out", str(tmp_path), "--baseline-from", str(tmp_path / "none.json")]) == 2
+    (tmp_path / "other.json").write_text('{"schema": "something-else"}')
+    assert main(["bench", "--out", str(tmp_path), "--baseline-from", str(tmp_path / "other.json")]) == 2
     assert main(["bench", "--cases", "all"]) == 2  # --out missing
     assert not (tmp_path / "results.json").exists()
+
+
+def _rec(case, n, method, psnr, ssim=0.8, spacing=None, **kw):
+    info = {} if spacing is None else {"solve_spacing_mm": spacing}
+    return {"case": case, "n_views": n, "method": method, "iterations": 10, "info": info, "wall_s": 1.0,
+            "peak_rss_mb": 100.0, "metrics": {"psnr_3d": psnr, "ssim_3d": ssim, "psnr_2d": 30.0, "ssim_2d": 0.9},
+            **kw}
+
+
+def test_margins_against_the_best_rtk_name_its_grid():
+    """The margin is taken against the best RTK record of the same case and view count, and flags a solve grid
+    coarser than the ROI's (the margin is then an upper bound)."""
+    cases = [{"name": "A", "grid": {"spacing_mm": [1.0, 1.0, 1.0]}}, {"name": "B", "grid": {"spacing_mm": [2.0] * 3}}]
+    recs = [_rec("A", 25, "fdk", 20.0), _rec("A", 25, "sart", 24.5, 0.7, spacing=2.75),
+            _rec("A", 25, "ixgs", 29.0, 0.84), _rec("A", 10, "sart", 21.0, spacing=1.0),
+            _rec("A", 10, "ixgs", 25.0), _rec("A", 50, "ixgs", 31.0),           # no RTK at 50 views: no margin
+            _rec("B", 25, "sart", 30.0, spacing=2.0), _rec("B", 25, "cg", 99.0, error="failed"),
+            _rec("B", 25, "ixgs", 34.0)]
+    recs[7]["error"] = "RuntimeError: x"
+    got = {(g["case"], g["n_views"]): g for g in B.margins(recs, cases)}
+    assert set(got) == {("A", 25), ("A", 10), ("B", 25)}
+    a = got[("A", 25)]
+    assert a["best_rtk"] == "sart" and a["margin_psnr_3d"] == pytest.approx(4.5)
+    assert a["margin_ssim_3d"] == pytest.approx(0.14) and a["rtk_grid_coarser_than_roi"] is True
+    assert got[("A", 10)]["rtk_grid_coarser_than_roi"] is False
+    assert got[("B", 25)]["best_rtk"] == "sart" and got[("B", 25)]["rtk_grid_coarser_than_roi"] is False
+    md = B.write_markdown({"date": "d", "machine": {}, "records": recs, "margins": list(got.values()),
+                           "cases": [{"name": "A", "zero_psnr_3d": 8.0}, {"name": "B", "zero_psnr_3d": 9.0}],
+                           "config": {"detector": 64, "roi_size": 32, "roi_spacing": 1.0, "holdout": 2,
+                                      "seed": 0, "renderer": "siddon"}})
+    assert "| A | 25 | ixgs | 29.00 | sart-10 | 2.75 (coarser than the ROI) | 24.50 | +4.50 | +0.140 |" in md
+    assert "upper bound" in md
+
+
+def test_baseline_records_join_only_on_the_same_scan_and_views(tmp_path):
+    """--baseline-from: an earlier run's RTK records on the same scan, case and training / held-out views join
+    (marked as imported); another scan or subset is skipped with a message; a foreign file is refused."""
+    subsets = {"25": {"train": [0, 1, 2], "holdout": [3]}, "10": {"train": [0, 2], "holdout": [3]}}
+    case = {"name": "A", "scan_dir": "/x/scans/A-28v", "grid": {"spacing_mm": [1.0] * 3}, "subsets": subsets}
+    mine = {"cases": [case], "records": [_rec("A", 25, "ixgs", 29.0), _rec("A", 10, "ixgs", 25.0)]}
+    earlier = {"schema": B.RESULTS_SCHEMA, "cases": [{**case, "scan_dir": "/elsewhere/A-28v",
+                                                       "subsets": {**subsets, "10": {"train": [1], "holdout": [3]}}}],
+               "records": [_rec("A", 25, "sart", 25.3, spacing=1.0), _rec("A", 25, "ixgs", 28.0),
+                           _rec("A", 10, "sart", 22.0, spacing=1.0), _rec("Z", 25, "sart", 40.0)]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(earlier))
+    base = B.load_baseline(tmp_path)                      # the directory names its results.json
+    msgs = []
+    assert B.import_baseline_records(mine, [base], msgs.append) == 1
+    (imp,) = [r for r in mine["records"] if r.get("imported_from")]
+    assert imp["method"] == "sart" and imp["n_views"] == 25 and imp["imported_from"] == str(path)
+    assert len(msgs) == 1 and "n=10 sart skipped" in msgs[0]
+    (g,) = [g for g in B.margins(mine["records"], mine["cases"]) if g["n_views"] == 25]
+    assert g["margin_psnr_3d"] == pytest.approx(29.0 - 25.3)
+    other = {**earlier, "cases": [{**case, "scan_dir": "/x/scans/A-53v"}]}
+    path.write_text(json.dumps(other))
+    assert B.import_baseline_records(mine, [B.load_baseline(path)]) == 0
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read"):
+        B.load_baseline(path)
+    with pytest.raises(ValueError, match="baseline_from"):
+        B.BenchConfig(out_dir=str(tmp_path / "o"), baseline_from=[str(tmp_path / "missing.json")]).validate()
 
 
 @pytest.mark.slow

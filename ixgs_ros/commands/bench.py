@@ -32,6 +32,10 @@ def add_parser(sub):
     p.add_argument("--rtk-spacing", type=float, default=None, metavar="MM",
                    help="voxel size of the RTK SART/CG solve grid (default: the finest keeping it under 160^3 "
                         "voxels, 2.75 mm on full-body cases)")
+    p.add_argument("--baseline-from", action="append", default=[], metavar="RESULTS",
+                   help="results.json (or its directory) of an earlier ixgs bench run: its RTK records on the "
+                        "same scans and views join this run's table and margins (repeatable), e.g. a slow "
+                        "fine-grid SART baseline")
     p.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
                    help="further EngineConfig override (repeatable), e.g. --engine lattice_spacing=1.6")
     g = p.add_argument_group("scans")
@@ -101,6 +105,7 @@ def config_from_args(args):
     opts = {k: v for k, v in opts.items() if v is not None}
     opts.update(engine=parse_engine_overrides(args.engine), rtk_iterations=_parse_rtk_iterations(args.rtk_iterations),
                 surface=not args.no_surface, isolate=not args.no_isolate, save_volumes=args.save_volumes,
+                baseline_from=list(args.baseline_from),
                 command=_command_line())
     if args.quick:
         return quick_config(args.out, **opts)

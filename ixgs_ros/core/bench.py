@@ -50,7 +50,8 @@ import numpy as np
 
 __all__ = ["BenchCase", "BenchConfig", "CASES", "DEFAULT_CASES", "RTK_METHODS", "IXGS_METHODS", "METHODS",
            "RESULTS_SCHEMA", "quick_config", "select_cases", "parse_views", "parse_methods", "machine_info",
-           "primary_angles", "training_subset", "run_bench", "write_markdown"]
+           "primary_angles", "training_subset", "run_bench", "write_markdown", "margins", "load_baseline",
+           "import_baseline_records"]
 
 RESULTS_SCHEMA = "ixgs-bench/1"
 RTK_METHODS = ("fdk", "sart", "cg", "sirt")
@@ -176,6 +177,7 @@ class BenchConfig:
     renderer: str = "siddon"
     quick: bool = False
     save_volumes: bool = False
+    baseline_from: list = field(default_factory=list)  # results.json files whose RTK records join the margins
     command: str | None = None
 
     def validate(self) -> "BenchConfig":
@@ -190,6 +192,8 @@ class BenchConfig:
                                  f"and N >= 1, got {k}={v}")
         if self.rtk_spacing is not None and not float(self.rtk_spacing) > 0:
             raise ValueError(f"rtk_spacing: must be > 0 mm, got {self.rtk_spacing}")
+        for path in self.baseline_from:
+            load_baseline(path)  # a missing or foreign file is named before any scan is simulated
         if self.holdout < 1:
             raise ValueError(f"holdout: at least one held-out view is needed, got {self.holdout}")
         if self.detector < 8 or self.roi_size < 8 or not self.roi_spacing > 0:
@@ -717,10 +721,89 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     results["machine"]["cpu_steal_pct"] = steal_pct(cpu_start, cpu_times())
     results["total_s"] = time.perf_counter() - t_start
     results["files"] = sorted(str(p.relative_to(out)) for p in (out / "plots").glob("*.png"))
+    if cfg.baseline_from:
+        n_in = import_baseline_records(results, [load_baseline(p) for p in cfg.baseline_from], say)
+        say(f"[bench] {n_in} RTK record(s) imported from {', '.join(map(str, cfg.baseline_from))}")
+    results["margins"] = margins(results["records"], results["cases"])
+    for g in results["margins"]:
+        say(f"[bench] {g['case']} n={g['n_views']}: {g['method']} {g['margin_psnr_3d']:+.2f} dB over the best RTK "
+            f"here ({g['best_rtk']}, {_fmt(g['best_rtk_solve_spacing_mm'], 'g')} mm grid"
+            + ("; coarser than the ROI grid: finer --rtk-spacing makes RTK stronger)" if g["rtk_grid_coarser_than_roi"]
+               else ")"))
     _write_json(out / "results.json", results)
     (out / "results.md").write_text(write_markdown(results))
     say(f"[bench] done in {results['total_s']:.0f} s: {out / 'results.json'}, {out / 'results.md'}")
     return results
+
+
+def load_baseline(path) -> dict:
+    """An earlier ``ixgs bench`` results.json whose RTK records may stand in for runs not repeated here
+    (``--baseline-from``); a missing, unreadable or foreign file raises ValueError naming it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        res = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"baseline_from: cannot read {p}: {exc}") from None
+    if not isinstance(res, dict) or res.get("schema") != RESULTS_SCHEMA or not isinstance(res.get("records"), list):
+        raise ValueError(f"baseline_from: {p} is not an ixgs bench results file (schema {RESULTS_SCHEMA})")
+    res["_path"] = str(p)
+    return res
+
+
+def import_baseline_records(results: dict, baselines: list, say: Callable[[str], None] = lambda m: None) -> int:
+    """Append the RTK records of ``baselines`` (results dicts of earlier runs) that were run on the same scan
+    (its cache name), case, view count and training / held-out views as a subset of ``results``; each is marked
+    ``imported_from``. Records of other scans or subsets are skipped, with a message. Returns how many joined."""
+    mine = {c["name"]: c for c in results["cases"]}
+    added = 0
+    for base in baselines:
+        theirs = {c["name"]: c for c in base.get("cases", [])}
+        for r in base["records"]:
+            if r.get("method") not in RTK_METHODS or "error" in r or r.get("case") not in mine:
+                continue
+            case, other = mine[r["case"]], theirs.get(r["case"])
+            subset = case["subsets"].get(str(r["n_views"]))
+            if subset is None:
+                continue
+            if (other is None or Path(other["scan_dir"]).name != Path(case["scan_dir"]).name
+                    or other["subsets"].get(str(r["n_views"])) != subset):
+                say(f"[bench] baseline {base['_path']}: {r['case']} n={r['n_views']} {r['method']} skipped "
+                    "(another scan or other training / held-out views)")
+                continue
+            results["records"].append({**r, "imported_from": base["_path"]})
+            added += 1
+    return added
+
+
+def margins(records: list, cases: list) -> list[dict]:
+    """ixgs against the best RTK method of the same case and view count (3D PSNR), one entry per ixgs record.
+
+    Each entry names the best RTK method, the voxel size it solved on and whether that is coarser than the ROI
+    grid: on full-body cases the default solve grid is coarse (2.75 mm) and finer ones (``--rtk-spacing``) make
+    RTK stronger, so such a margin is an upper bound on the margin against the strongest RTK."""
+    roi_mm = {c["name"]: float(np.max(c["grid"]["spacing_mm"])) for c in cases}
+    out = []
+    for r in records:
+        if r["method"] not in IXGS_METHODS or "error" in r:
+            continue
+        rtk = [q for q in _ok(records, r["case"], r["n_views"]) if q["method"] in RTK_METHODS]
+        if not rtk:
+            continue
+        best = max(rtk, key=lambda q: q["metrics"]["psnr_3d"])
+        spacing = (best.get("info") or {}).get("solve_spacing_mm")
+        if best["method"] == "fdk":  # FDK reconstructs on the ROI grid itself
+            spacing = roi_mm.get(r["case"])
+        coarse = spacing is not None and r["case"] in roi_mm and float(spacing) > roi_mm[r["case"]] * (1 + 1e-6)
+        out.append({"case": r["case"], "n_views": r["n_views"], "method": r["method"],
+                    "psnr_3d": r["metrics"]["psnr_3d"], "ssim_3d": r["metrics"]["ssim_3d"],
+                    "best_rtk": best["method"], "best_rtk_iterations": best.get("iterations"),
+                    "best_rtk_psnr_3d": best["metrics"]["psnr_3d"], "best_rtk_ssim_3d": best["metrics"]["ssim_3d"],
+                    "best_rtk_solve_spacing_mm": spacing, "rtk_grid_coarser_than_roi": bool(coarse),
+                    "margin_psnr_3d": r["metrics"]["psnr_3d"] - best["metrics"]["psnr_3d"],
+                    "margin_ssim_3d": r["metrics"]["ssim_3d"] - best["metrics"]["ssim_3d"]})
+    return out
 
 
 def _protocol_text() -> dict:
@@ -777,12 +860,34 @@ def write_markdown(results: dict) -> str:
             continue
         m = r["metrics"]
         s = m.get("surface") or {}
+        method = r["method"] + (" (imported)" if r.get("imported_from") else "")
         lines.append(
-            f"| {r['case']} | {r['n_views']} | {r['method']} | {r.get('iterations', '-')} | "
+            f"| {r['case']} | {r['n_views']} | {method} | {r.get('iterations', '-')} | "
             f"{_fmt(m['psnr_3d'], '.2f')} | {_fmt(m['ssim_3d'], '.3f')} | {_fmt(m['psnr_2d'], '.2f')} | "
             f"{_fmt(m['ssim_2d'], '.3f')} | {_fmt(s.get('mean_mm'), '.2f')} | {_fmt(s.get('hd95_mm'), '.2f')} | "
             f"{_fmt(r['wall_s'], '.1f')} | {_fmt(r.get('cpu_steal_pct'), '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
             f"{_fmt(r.get('peak_rss_growth_mb'), '.0f')} |")
+    imported = sorted({r["imported_from"] for r in results["records"] if r.get("imported_from")})
+    if imported:
+        lines += ["", "(imported): RTK records of an earlier run on the same scan and views, from "
+                  + ", ".join(f"`{p}`" for p in imported) + " (`--baseline-from`)."]
+    gaps = results.get("margins") or []
+    if gaps:
+        lines += ["", "Margins (ixgs minus the best RTK method run here, 3D):", "",
+                  "| case | views | method | PSNR 3D (dB) | best RTK | its solve grid (mm) | its PSNR 3D (dB) | "
+                  "margin PSNR 3D (dB) | margin SSIM 3D |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for g in gaps:
+            lines.append(
+                f"| {g['case']} | {g['n_views']} | {g['method']} | {_fmt(g['psnr_3d'], '.2f')} | "
+                f"{g['best_rtk']}-{g['best_rtk_iterations']} | {_fmt(g['best_rtk_solve_spacing_mm'], 'g')}"
+                f"{' (coarser than the ROI)' if g['rtk_grid_coarser_than_roi'] else ''} | "
+                f"{_fmt(g['best_rtk_psnr_3d'], '.2f')} | {_fmt(g['margin_psnr_3d'], '+.2f')} | "
+                f"{_fmt(g['margin_ssim_3d'], '+.3f')} |")
+        if any(g["rtk_grid_coarser_than_roi"] for g in gaps):
+            lines += ["", "A margin against RTK solved on a grid coarser than the ROI's is an upper bound: on finer "
+                          "grids (`--rtk-spacing`) and with more passes SART scores higher on full-body scans "
+                          "(BENCHMARKS.md, session 21)."]
     lines += ["", "Zero-volume 3D PSNR (reference floor): " + ", ".join(
         f"{c['name']} {_fmt(c['zero_psnr_3d'], '.2f')} dB" for c in results["cases"]), ""]
     if results.get("files"):
