@@ -208,9 +208,15 @@ def test_bench_rtk_spacing_sets_the_sart_solve_grid(tiny_run):
     ROI's 4 mm), which changes its result; the default solves at the ROI's spacing on an ROI-only scan."""
     root, _, first, _ = tiny_run
     cfg = B.BenchConfig(out_dir=str(root / "spacing"), views=[5], methods=["sart"], isolate=False,
-                        scan_cache=str(root / "scans"), surface=False, rtk_spacing=6.0, **TINY)
-    (rec,) = B.run_bench(cfg)["records"]
+                        scan_cache=str(root / "scans"), surface=False, rtk_spacing=6.0,
+                        baseline_from=[cfg_dir := str(root / "out")], **TINY)
+    rec, *imported = B.run_bench(cfg)["records"]
     assert "error" not in rec, rec.get("error")
+    # --baseline-from: the first run's RTK records at 5 views (same scan and views) join, marked; its 4-view and
+    # ixgs records do not
+    assert [(r["method"], r["n_views"]) for r in imported] == [("fdk", 5), ("sart", 5)]
+    assert all(r["imported_from"] == str(Path(cfg_dir) / "results.json") for r in imported)
+    assert "| sart (imported) |" in (root / "spacing" / "results.md").read_text()
     assert rec["info"]["solve_spacing_mm"] == pytest.approx(6.0)
     same = [r for r in first["records"] if r["method"] == "sart" and r["n_views"] == 5][0]
     assert same["info"]["solve_spacing_mm"] == pytest.approx(4.0)
