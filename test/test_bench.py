@@ -176,7 +176,7 @@ def test_bench_writes_report_and_plots(tiny_run):
     md = (out / "results.md").read_text()
     assert md.startswith("# ixgs bench results")
     assert md.count("| T12-roi-only-arc160 |") == 6 + 2   # six runs, two margins
-    assert "Margins (ixgs minus the best RTK method run here" in md
+    assert "Margins (ixgs minus the best RTK method in the table above" in md
     expected = {"plots/psnr_vs_views-T12-roi-only-arc160.png"} | {
         f"plots/{kind}-T12-roi-only-arc160-{n}v.png" for kind in ("psnr_vs_time", "montage") for n in (4, 5)}
     assert set(results["files"]) == expected

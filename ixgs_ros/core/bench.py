@@ -726,8 +726,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         say(f"[bench] {n_in} RTK record(s) imported from {', '.join(map(str, cfg.baseline_from))}")
     results["margins"] = margins(results["records"], results["cases"])
     for g in results["margins"]:
-        say(f"[bench] {g['case']} n={g['n_views']}: {g['method']} {g['margin_psnr_3d']:+.2f} dB over the best RTK "
-            f"here ({g['best_rtk']}, {_fmt(g['best_rtk_solve_spacing_mm'], 'g')} mm grid"
+        say(f"[bench] {g['case']} n={g['n_views']}: {g['method']} {g['margin_psnr_3d']:+.2f} dB over the best "
+            f"RTK in the table ({g['best_rtk']}, {_fmt(g['best_rtk_solve_spacing_mm'], 'g')} mm grid"
             + ("; coarser than the ROI grid: finer --rtk-spacing makes RTK stronger)" if g["rtk_grid_coarser_than_roi"]
                else ")"))
     _write_json(out / "results.json", results)
@@ -873,7 +873,7 @@ def write_markdown(results: dict) -> str:
                   + ", ".join(f"`{p}`" for p in imported) + " (`--baseline-from`)."]
     gaps = results.get("margins") or []
     if gaps:
-        lines += ["", "Margins (ixgs minus the best RTK method run here, 3D):", "",
+        lines += ["", "Margins (ixgs minus the best RTK method in the table above, 3D):", "",
                   "| case | views | method | PSNR 3D (dB) | best RTK | its solve grid (mm) | its PSNR 3D (dB) | "
                   "margin PSNR 3D (dB) | margin SSIM 3D |",
                   "|---|---|---|---|---|---|---|---|---|"]
