@@ -29,3 +29,20 @@ def test_demo_quick_writes_scores_and_pictures(tmp_path):
     from ixgs_ros.core.metrics import psnr_3d
     assert abs(psnr_3d(vol, gt) - methods["ixgs (R²-Gaussian)"]["psnr_3d_db"]) < 1e-3
     assert "ixgs" in (out / "summary.md").read_text()
+    # the baseline names the grid RTK solved on (ROI-only views: the ROI's own grid, no caveat)
+    rtk = methods["RTK SART"]
+    assert rtk["solve_spacing_mm"] == 2.0 and rtk["iterations"] >= 1 and len(rtk["solve_shape"]) == 3
+    md = (out / "summary.md").read_text()
+    assert "RTK SART: " in md and "passes on a" in md and "coarser than the output grid" not in md
+
+
+def test_demo_names_the_rtk_grid_and_flags_a_coarse_one():
+    from ixgs_ros.commands.demo import rtk_grid_note
+
+    fine = {"iterations": 10, "solve_shape": [80, 80, 80], "solve_spacing_mm": 2.0}
+    coarse = {"iterations": 10, "solve_shape": [189, 189, 116], "solve_spacing_mm": 2.75}
+    assert rtk_grid_note("ixgs", {"psnr_3d_db": 30.0}, 1.0) is None
+    assert rtk_grid_note("RTK SART", fine, 2.0).startswith("RTK SART: 10 passes on a 80x80x80 grid at 2 mm")
+    assert "coarser" not in rtk_grid_note("RTK SART", fine, 2.0)
+    got = rtk_grid_note("RTK SART", coarse, 1.0)
+    assert "189x189x116 grid at 2.75 mm" in got and "coarser than the output grid" in got
