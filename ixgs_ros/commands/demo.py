@@ -23,8 +23,8 @@ def rtk_grid_note(name: str, m: dict, out_spacing_mm: float) -> str | None:
             f"{m['solve_spacing_mm']:g} mm (RTK's default solve grid, covering the material the rays cross)")
     if m["solve_spacing_mm"] > out_spacing_mm * (1 + 1e-6):
         note += ("; coarser than the output grid, so a weaker baseline than RTK can be: on the benchmark's T12 "
-                 "full-body scan SART-20 on a 1 mm grid scores 25.28 dB against SART-10's 24.58 on this default "
-                 "grid (`ixgs bench --rtk-spacing`, BENCHMARKS.md session 21)")
+                 "full-body scan SART-20 on a 1 mm grid scores 25.28 dB against SART-10's 24.58 on its default "
+                 "2.75 mm grid (`ixgs bench --rtk-spacing`, BENCHMARKS.md session 21)")
     return note
 
 
