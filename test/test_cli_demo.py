@@ -46,3 +46,5 @@ def test_demo_names_the_rtk_grid_and_flags_a_coarse_one():
     assert "coarser" not in rtk_grid_note("RTK SART", fine, 2.0)
     got = rtk_grid_note("RTK SART", coarse, 1.0)
     assert "189x189x116 grid at 2.75 mm" in got and "coarser than the output grid" in got
+    fdk = {"method": "fdk", "iterations": 1, "solve_shape": [64, 64, 64], "solve_spacing_mm": 2.0}
+    assert rtk_grid_note("RTK FDK", fdk, 2.0) == "RTK FDK: on the 64x64x64 output grid at 2 mm"

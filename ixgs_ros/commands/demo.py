@@ -17,11 +17,15 @@ from pathlib import Path
 def rtk_grid_note(name: str, m: dict, out_spacing_mm: float) -> str | None:
     """The line under the demo's table naming the grid an RTK baseline solved on (None for other methods), with
     a caveat when that grid is coarser than the output grid (full-body scans): a finer one makes SART stronger."""
+    from ixgs_ros.core.rtk_baseline import solved_coarser
+
     if m.get("solve_spacing_mm") is None:
         return None
+    if m.get("method") == "fdk":  # one filtered backprojection, on the output grid itself
+        return f"{name}: on the {'x'.join(map(str, m['solve_shape']))} output grid at {m['solve_spacing_mm']:g} mm"
     note = (f"{name}: {m.get('iterations', '?')} passes on a {'x'.join(map(str, m['solve_shape']))} grid at "
             f"{m['solve_spacing_mm']:g} mm (RTK's default solve grid, covering the material the rays cross)")
-    if m["solve_spacing_mm"] > out_spacing_mm * (1 + 1e-6):
+    if solved_coarser(m["solve_spacing_mm"], out_spacing_mm):
         note += ("; coarser than the output grid, so a weaker baseline than RTK can be: on the benchmark's T12 "
                  "full-body scan SART-20 on a 1 mm grid scores 25.28 dB against SART-10's 24.58 on its default "
                  "2.75 mm grid (`ixgs bench --rtk-spacing`, BENCHMARKS.md session 21)")
@@ -110,7 +114,7 @@ def run(args) -> int:
         rtk_vol = np.asarray(rtk_vol, dtype=np.float32)
         save_nifti(out / f"rtk_{args.baseline}.nii.gz", rtk_vol, grid)
         rows[f"RTK {args.baseline.upper()}"] = {"volume": rtk_vol, "time_s": time.perf_counter() - t0,
-                                                "info": {k: info[k] for k in ("iterations", "solve_shape",
+                                                "info": {k: info[k] for k in ("method", "iterations", "solve_shape",
                                                                               "solve_spacing_mm") if k in info}}
 
     # ---------------------------------------------------------------- 4. scores and pictures

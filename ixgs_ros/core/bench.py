@@ -783,6 +783,8 @@ def margins(records: list, cases: list) -> list[dict]:
     Each entry names the best RTK method, the voxel size it solved on and whether that is coarser than the ROI
     grid: on full-body cases the default solve grid is coarse (2.75 mm) and finer ones (``--rtk-spacing``) make
     RTK stronger, so such a margin is an upper bound on the margin against the strongest RTK."""
+    from . import rtk_baseline as rb
+
     roi_mm = {c["name"]: float(np.max(c["grid"]["spacing_mm"])) for c in cases}
     out = []
     for r in records:
@@ -792,10 +794,8 @@ def margins(records: list, cases: list) -> list[dict]:
         if not rtk:
             continue
         best = max(rtk, key=lambda q: q["metrics"]["psnr_3d"])
-        spacing = (best.get("info") or {}).get("solve_spacing_mm")
-        if best["method"] == "fdk":  # FDK reconstructs on the ROI grid itself
-            spacing = roi_mm.get(r["case"])
-        coarse = spacing is not None and r["case"] in roi_mm and float(spacing) > roi_mm[r["case"]] * (1 + 1e-6)
+        spacing = (best.get("info") or {}).get("solve_spacing_mm")  # FDK's: the ROI grid's own
+        coarse = spacing is not None and r["case"] in roi_mm and rb.solved_coarser(spacing, roi_mm[r["case"]])
         out.append({"case": r["case"], "n_views": r["n_views"], "method": r["method"],
                     "psnr_3d": r["metrics"]["psnr_3d"], "ssim_3d": r["metrics"]["ssim_3d"],
                     "best_rtk": best["method"], "best_rtk_iterations": best.get("iterations"),

@@ -69,6 +69,7 @@ from .volume import Grid, VolumeError
 
 __all__ = [
     "RTKUnavailableError",
+    "solved_coarser",
     "import_rtk",
     "METHODS",
     "RTKGeometry",
@@ -536,6 +537,13 @@ def material_inside(views: Sequence[View], projections: np.ndarray, grid: Grid, 
         if n and np.count_nonzero(material & ~shadow) > tolerance * n:
             return False
     return True
+
+
+def solved_coarser(solve_spacing_mm: float, out_spacing_mm: float) -> bool:
+    """Whether an RTK solve grid of voxel size ``solve_spacing_mm`` is coarser than the output grid's
+    ``out_spacing_mm`` (beyond rounding): the baseline is then weaker than RTK on a finer grid can be (on the
+    full-body scans, BENCHMARKS.md session 21), which ``ixgs bench``'s margins and ``ixgs demo`` say."""
+    return float(solve_spacing_mm) > float(out_spacing_mm) * (1 + 1e-6)
 
 
 def default_solve_grid(views: Sequence[View], roi_grid: Grid, body_extent=None, projections=None, *,
