@@ -21,14 +21,15 @@ def rtk_grid_note(name: str, m: dict, out_spacing_mm: float) -> str | None:
 
     if m.get("solve_spacing_mm") is None:
         return None
+    shape, mm = "x".join(map(str, m["solve_shape"])), f"{m['solve_spacing_mm']:g} mm"
     if m.get("method") == "fdk":  # one filtered backprojection, on the output grid itself
-        return f"{name}: on the {'x'.join(map(str, m['solve_shape']))} output grid at {m['solve_spacing_mm']:g} mm"
-    note = (f"{name}: {m.get('iterations', '?')} passes on a {'x'.join(map(str, m['solve_shape']))} grid at "
-            f"{m['solve_spacing_mm']:g} mm (RTK's default solve grid, covering the material the rays cross)")
+        return f"{name}: on the {shape} output grid at {mm}"
+    note = (f"{name}: {m.get('iterations', '?')} passes on a {shape} grid at {mm} (RTK's default solve grid, "
+            "covering the material the rays cross)")
     if solved_coarser(m["solve_spacing_mm"], out_spacing_mm):
         note += ("; coarser than the output grid, so a weaker baseline than RTK can be: on the benchmark's T12 "
-                 "full-body scan SART-20 on a 1 mm grid scores 25.28 dB against SART-10's 24.58 on its default "
-                 "2.75 mm grid (`ixgs bench --rtk-spacing`, BENCHMARKS.md session 21)")
+                 "full-body scan SART-40 on a 1 mm grid scores 25.41 dB against SART-10's 24.58 on its default "
+                 "2.75 mm grid (`ixgs bench --rtk-spacing`, BENCHMARKS.md sessions 21 and 23)")
     return note
 
 
