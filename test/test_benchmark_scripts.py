@@ -124,3 +124,62 @@ def test_start_oracle_names_unknown_rows(capsys):
     with pytest.raises(SystemExit):
         main(["somewhere", "cascade-zero", "halfway"])
     assert "halfway" in capsys.readouterr().err
+
+
+def test_outline_oracle_rows_parse_and_bad_ones_are_named():
+    from outline_oracle import parse_row
+
+    assert parse_row("engine") == ("engine", 0.0)
+    assert parse_row("outline:3") == ("outline", 3.0)
+    assert parse_row("largest:0.5") == ("largest", 0.5)
+    for bad, word in (("hull:3", "hull"), ("outline", "outline"), ("outline:x", "'x'"), ("largest:-1", ">= 0")):
+        with pytest.raises(ValueError, match=word):
+            parse_row(bad)
+
+
+def test_body_outline_keeps_the_large_pieces_fills_holes_and_grows_in_mm():
+    """Two bodies (one with an air hole inside) and a speck: the outline fills the hole, keeps both bodies and
+    drops the speck, or keeps the largest body only; growth follows the voxel sizes in mm."""
+    from outline_oracle import body_outline
+
+    mu = np.zeros((40, 30, 10), np.float32)
+    mu[5:25, 5:25, 2:8] = 0.02
+    mu[10:15, 10:15, 4:6] = 0.0          # air inside the body (a lung)
+    mu[30:36, 5:11, 2:8] = 0.02           # an arm, 216 voxels
+    mu[38, 28, 5] = 0.05                  # a speck
+    m = body_outline(mu, (1.0, 1.0, 2.0), min_voxels=100)
+    assert m[12, 12, 5] and m[32, 7, 4] and not m[38, 28, 5] and not m[0, 0, 0]
+    assert m.sum() == 20 * 20 * 6 + 6 * 6 * 6
+    largest = body_outline(mu, (1.0, 1.0, 2.0), min_voxels=100, largest_only=True)
+    assert largest[12, 12, 5] and not largest[32, 7, 4]
+    grown = body_outline(mu, (1.0, 1.0, 2.0), 2.0, min_voxels=100)
+    assert grown[3, 12, 5] and not grown[2, 12, 5]       # 2 mm along x: two voxels
+    assert grown[12, 12, 1] and not grown[12, 12, 0]     # 2 mm along z: one voxel
+    assert not body_outline(np.zeros((4, 4, 4)), (1, 1, 1)).any()
+
+
+def test_masked_sart_tv_is_sart_tv_where_the_mask_keeps_all_and_holds_the_rest_at_zero():
+    pytest.importorskip("itk")
+    from outline_oracle import coarse_solve_masked, masked_sart_tv
+    from test_rtk_baseline import CENTER, _truncated_scan
+
+    from ixgs_ros.core import rtk_baseline as rb
+    from ixgs_ros.core.volume import Grid
+
+    views, proj, _ = _truncated_scan()
+    solve = rb.default_solve_grid(views, Grid.centered(24, 1.5, CENTER), projections=proj, spacing=6.0)
+    plain = rb.sart_tv(views, proj, solve, 3, 0.02, tv_weight_final=0.005)
+    passes = []
+    same = masked_sart_tv(lambda g: np.ones(g.shape, bool), views, proj, solve, 3, 0.02, tv_weight_final=0.005,
+                          on_pass=lambda k, n: passes.append((k, n)))
+    assert passes == [(1, 3), (2, 3), (3, 3)]
+    np.testing.assert_allclose(same, plain, rtol=1e-4, atol=1e-6)
+    half = np.zeros(solve.shape, bool)
+    half[: solve.shape[0] // 2] = True
+    with coarse_solve_masked(lambda g: half):
+        x = rb.sart_tv(views, proj, solve, 2, 0.02, x0=np.full(solve.shape, 0.01, np.float32))
+    assert rb.sart_tv is not None and np.all(x[~half] == 0) and x[half].max() > 0
+    again = rb.sart_tv(views, proj, solve, 3, 0.02, tv_weight_final=0.005)  # restored after the block
+    np.testing.assert_array_equal(again, plain)
+    with pytest.raises(ValueError, match="mask of shape"):
+        masked_sart_tv(lambda g: half[1:], views, proj, solve, 1, 0.02)
