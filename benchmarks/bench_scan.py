@@ -23,6 +23,21 @@ def load_training(scan_dir, n_views: int, holdout: int = 3):
     return choose_grid(scan), gt, views, np.stack([scan.projections[i] for i in train])
 
 
+def load_full_body(scan_dir, n_views: int, holdout: int = 3):
+    """``(grid, gt, views, projections, ct)``: :func:`load_training` of a full-body bench scan and the CT it was
+    simulated from (``ixgs_ros.core.ct.load_ct``, no labels). ValueError naming the scan when it is not a
+    full-body scan (only those have material outside the ROI)."""
+    import json
+
+    from ixgs_ros.core.ct import load_ct
+
+    sim = json.loads((Path(scan_dir) / "bench_scan.json").read_text())["simulation"]
+    if sim.get("mode") != "full-body":
+        raise ValueError(f"{scan_dir} is a {sim.get('mode')!r} scan; the exterior only exists on full-body scans")
+    return (*load_training(scan_dir, n_views, holdout),
+            load_ct(sim.get("ct_path"), sim.get("labels_path"), with_labels=False))
+
+
 def fine_resolve(views, proj, grid, solve, volume, cfg) -> np.ndarray:
     """The engine's fine re-solve of a coarse full-body solution (``volume`` on ``solve``) with ``cfg``'s
     init_fine_* settings over the engine's fine box (``engine.fine_box``), the rest held fixed; returns the

@@ -51,9 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
 
-    from bench_scan import fine_resolve, load_training
+    from bench_scan import fine_resolve, load_full_body
 
-    from ixgs_ros.core.ct import load_ct, resample
+    from ixgs_ros.core.ct import resample
     from ixgs_ros.core.engine import EngineConfig, init_tv_sart
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
 
@@ -61,11 +61,10 @@ def main(argv=None) -> int:
         configs = [(s, dataclasses.replace(EngineConfig(), **parse_setting(s)).validate()) for s in a.settings]
     except (TypeError, ValueError) as e:
         ap.error(str(e))
-    sim = json.loads((Path(a.scan_dir) / "bench_scan.json").read_text())["simulation"]
-    if sim.get("mode") != "full-body":
-        ap.error(f"{a.scan_dir} is a {sim.get('mode')!r} scan; the coarse solve only runs on full-body scans")
-    grid, gt, views, proj = load_training(a.scan_dir, a.views, a.holdout)
-    ct = load_ct(sim.get("ct_path"), sim.get("labels_path"), with_labels=False)
+    try:
+        grid, gt, views, proj, ct = load_full_body(a.scan_dir, a.views, a.holdout)
+    except ValueError as e:
+        ap.error(str(e))
     truth = {}  # the CT on each solve grid met so far
     rows = []
     for spec, cfg in configs:

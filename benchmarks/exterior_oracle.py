@@ -59,18 +59,18 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
 
-    from bench_scan import fine_resolve, load_training
+    from bench_scan import fine_resolve, load_full_body
     from scipy.ndimage import distance_transform_edt
 
-    from ixgs_ros.core.ct import load_ct, resample
+    from ixgs_ros.core.ct import resample
     from ixgs_ros.core.engine import EngineConfig, fine_box, init_tv_sart
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
     from ixgs_ros.core.volume import Grid
 
-    sim = json.loads((Path(a.scan_dir) / "bench_scan.json").read_text())["simulation"]
-    if sim.get("mode") != "full-body":
-        ap.error(f"{a.scan_dir} is a {sim.get('mode')!r} scan; the exterior only exists in full-body scans")
-    grid, gt, views, proj = load_training(a.scan_dir, a.views, a.holdout)
+    try:
+        grid, gt, views, proj, ct = load_full_body(a.scan_dir, a.views, a.holdout)
+    except ValueError as e:
+        ap.error(str(e))
     cfg = EngineConfig()
     t = time.perf_counter()
     cache = Path(a.coarse_cache) if a.coarse_cache else None
@@ -84,7 +84,6 @@ def main(argv=None) -> int:
             np.savez(cache, shape=np.array(solve.shape), affine=solve.affine, volume=coarse)
     print(f"coarse TV-SART on {solve.shape} at {solve.spacing[0]:.2f} mm ({time.perf_counter() - t:.0f} s)",
           flush=True)
-    ct = load_ct(sim.get("ct_path"), sim.get("labels_path"), with_labels=False)
     true = resample(ct.mu(), ct.grid, solve, order=1).astype(np.float32)
     fine = fine_box(grid, solve, cfg, refine=cfg.init_fine_passes > 0)
     inside = fine.contains(solve.world_coords()).reshape(solve.shape)

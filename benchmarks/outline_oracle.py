@@ -124,18 +124,17 @@ def main(argv=None) -> int:
     except ValueError as e:
         ap.error(str(e))
 
-    from bench_scan import fine_resolve, load_training
+    from bench_scan import fine_resolve, load_full_body
 
-    from ixgs_ros.core.ct import load_ct, resample
+    from ixgs_ros.core.ct import resample
     from ixgs_ros.core.engine import EngineConfig, init_tv_sart
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
 
-    sim = json.loads((Path(a.scan_dir) / "bench_scan.json").read_text())["simulation"]
-    if sim.get("mode") != "full-body":
-        ap.error(f"{a.scan_dir} is a {sim.get('mode')!r} scan; the exterior only exists on full-body scans")
     cfg = EngineConfig()
-    grid, gt, views, proj = load_training(a.scan_dir, a.views, a.holdout)
-    ct = load_ct(sim.get("ct_path"), sim.get("labels_path"), with_labels=False)
+    try:
+        grid, gt, views, proj, ct = load_full_body(a.scan_dir, a.views, a.holdout)
+    except ValueError as e:
+        ap.error(str(e))
     mu = ct.mu()
     out = []
     for row, (kind, grow) in zip(rows, parsed):

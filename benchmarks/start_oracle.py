@@ -95,20 +95,19 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown row(s) {', '.join(bad)}: use {', '.join(ROWS)}")
 
-    from bench_scan import fine_resolve, load_training
+    from bench_scan import fine_resolve, load_full_body
 
     from ixgs_ros.core import rtk_baseline as rb
-    from ixgs_ros.core.ct import load_ct, resample
+    from ixgs_ros.core.ct import resample
     from ixgs_ros.core.engine import EngineConfig, fine_box, init_passes
     from ixgs_ros.core.metrics import psnr_3d, ssim_3d
     from ixgs_ros.core.radiograph import bin_view
 
-    sim = json.loads((Path(a.scan_dir) / "bench_scan.json").read_text())["simulation"]
-    if sim.get("mode") != "full-body":
-        ap.error(f"{a.scan_dir} is a {sim.get('mode')!r} scan; the exterior only exists on full-body scans")
     cfg = EngineConfig()
-    grid, gt, views, proj = load_training(a.scan_dir, a.views, a.holdout)
-    ct = load_ct(sim.get("ct_path"), sim.get("labels_path"), with_labels=False)
+    try:
+        grid, gt, views, proj, ct = load_full_body(a.scan_dir, a.views, a.holdout)
+    except ValueError as e:
+        ap.error(str(e))
     solve = rb.default_solve_grid(views, grid, projections=proj, max_voxels=cfg.init_solve_max_voxels)
     low = rb.coarsen_grid(solve, 2)
     fine = fine_box(grid, solve, cfg, refine=True)

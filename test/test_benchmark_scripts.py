@@ -183,3 +183,18 @@ def test_masked_sart_tv_is_sart_tv_where_the_mask_keeps_all_and_holds_the_rest_a
     np.testing.assert_array_equal(again, plain)
     with pytest.raises(ValueError, match="mask of shape"):
         masked_sart_tv(lambda g: half[1:], views, proj, solve, 1, 0.02)
+
+
+@pytest.mark.parametrize("script", ["outline_oracle", "start_oracle", "coarse_sweep", "exterior_oracle"])
+def test_full_body_scripts_name_a_scan_that_is_not_full_body(tmp_path, capsys, script):
+    import importlib
+    import json
+
+    from bench_scan import load_full_body
+
+    (tmp_path / "bench_scan.json").write_text(json.dumps({"simulation": {"mode": "roi-only"}}))
+    with pytest.raises(ValueError, match="'roi-only' scan"):
+        load_full_body(tmp_path, 25)
+    with pytest.raises(SystemExit):
+        importlib.import_module(script).main([str(tmp_path)] + (["default"] if script == "coarse_sweep" else []))
+    assert "'roi-only' scan; the exterior only exists on full-body scans" in capsys.readouterr().err
