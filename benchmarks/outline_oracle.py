@@ -12,13 +12,18 @@ bench`` uses. A ROW is
 * ``outline:MM``: the same, with every voxel of both coarse levels outside the CT's body outline grown by ``MM``
   set to zero after every pass (:func:`masked_sart_tv`); the outline (:func:`body_outline`) is the CT's material
   above 0.004/mm in every connected piece of at least 10000 CT voxels (body, arms, table), holes filled;
-* ``largest:MM``: the same with the largest piece only (what a silhouette-based estimate would give).
+* ``largest:MM``: the same with the largest piece only (what a silhouette-based estimate would give);
+* ``box``: the mask is the CT's whole box (material may lie anywhere the CT has voxels, nowhere beyond them: the
+  phantom's ends, which a real patient does not have);
+* ``carve:T``: not an oracle, the views' own evidence (:func:`air_hull`): a voxel whose centre projects onto an
+  air pixel (line integral below ``T``) of any view is air.
 
 Default rows: ``engine outline:3 largest:3``. Prints one line per row (3D PSNR / SSIM over the ROI after the fine
 re-solve, the coarse solution's relative L2 error against the CT's, the share of the solve grid the mask keeps and
-of the CT's mass inside it, time) and a table; writes JSON with ``--json``. Not an ixgs method: the scans carry
-no outline, so the masked rows are oracles. Session 24 (2026-12-06) measured with it that even the true outline
-barely helps.
+of the CT's mass inside it (for ``carve`` rows, of the CT resampled onto the solve grid), time) and a table;
+writes JSON with ``--json``. Not an ixgs method: the scans carry no outline, so the ``outline``, ``largest`` and
+``box`` rows are oracles. Session 24 (2026-12-06) measured with it that the true outline barely helps on T12, and
+that what it gives on L1 is the CT's end, which the views' air pixels do not reveal.
 """
 from __future__ import annotations
 
@@ -34,19 +39,21 @@ AIR_MU = 0.004  # 1/mm, a fifth of water's: below it, air (and the emptiest lung
 
 
 def parse_row(row: str) -> tuple[str, float]:
-    """``engine`` -> ("engine", 0); ``outline:3`` -> ("outline", 3.0); ValueError naming a bad row."""
-    if row == "engine":
-        return "engine", 0.0
+    """``engine`` -> ("engine", 0); ``box`` -> ("box", 0); ``outline:3`` -> ("outline", 3.0); ``carve:0.02`` ->
+    ("carve", 0.02); ValueError naming a bad row."""
+    if row in ("engine", "box"):
+        return row, 0.0
     kind, sep, mm = row.partition(":")
-    if kind not in ("outline", "largest") or not sep:
-        raise ValueError(f"unknown row {row!r}: use engine, outline:MM or largest:MM")
+    if kind not in ("outline", "largest", "carve") or not sep:
+        raise ValueError(f"unknown row {row!r}: use engine, box, outline:MM, largest:MM or carve:T")
+    what = "an air threshold" if kind == "carve" else "a growth in mm"
     try:
-        grow = float(mm)
+        value = float(mm)
     except ValueError:
-        raise ValueError(f"row {row!r}: {mm!r} is not a growth in mm") from None
-    if not grow >= 0:
-        raise ValueError(f"row {row!r}: the growth must be >= 0 mm")
-    return kind, grow
+        raise ValueError(f"row {row!r}: {mm!r} is not {what}") from None
+    if not (value > 0 if kind == "carve" else value >= 0):
+        raise ValueError(f"row {row!r}: {what} must be {'> 0' if kind == 'carve' else '>= 0 mm'}")
+    return kind, value
 
 
 def body_outline(mu: np.ndarray, spacing, grow_mm: float = 0.0, *, min_voxels: int = 10000,
@@ -69,6 +76,26 @@ def body_outline(mu: np.ndarray, spacing, grow_mm: float = 0.0, *, min_voxels: i
     if grow_mm > 0:
         mask = ndimage.distance_transform_edt(~mask, sampling=np.asarray(spacing, float)) <= grow_mm
     return mask
+
+
+def air_hull(views, projections, grid, threshold: float) -> np.ndarray:
+    """Space carving from the views: attenuation is never negative, so a ray whose line integral is below
+    ``threshold`` crosses no material, and a voxel of ``grid`` whose centre projects onto such a pixel (its nearest
+    pixel centre, the air region eroded by one pixel) in any view is air. The kept region is grown by one voxel,
+    so a voxel straddling the body's edge stays; voxels no view sees are kept. Bool, ``grid.shape``, True where
+    material may lie."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    X = grid.world_coords().reshape(-1, 3)
+    keep = np.ones(len(X), bool)
+    for v, p in zip(views, np.asarray(projections)):
+        air = binary_erosion(p < threshold, iterations=1, border_value=1)
+        uv, z = v.project(X)
+        with np.errstate(invalid="ignore"):
+            u, r = np.rint(uv[:, 0]), np.rint(uv[:, 1])
+            seen = np.nonzero((z > 0) & (u >= 0) & (u < p.shape[1]) & (r >= 0) & (r < p.shape[0]))[0]
+        keep[seen[air[r[seen].astype(np.intp), u[seen].astype(np.intp)]]] = False
+    return binary_dilation(keep.reshape(grid.shape), iterations=1)
 
 
 def masked_sart_tv(mask_on, views, projections, solve_grid, passes, tv_weight, *, tv_weight_final=None,
@@ -112,7 +139,7 @@ def coarse_solve_masked(mask_on):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("scan_dir")
-    ap.add_argument("rows", nargs="*", metavar="ROW", help="engine, outline:MM or largest:MM "
+    ap.add_argument("rows", nargs="*", metavar="ROW", help="engine, box, outline:MM, largest:MM, carve:T "
                                                           "(default: engine outline:3 largest:3)")
     ap.add_argument("--views", type=int, default=25)
     ap.add_argument("--holdout", type=int, default=3)
@@ -138,27 +165,29 @@ def main(argv=None) -> int:
     mu = ct.mu()
     out = []
     for row, (kind, grow) in zip(rows, parsed):
-        outline = None if kind == "engine" else body_outline(mu, ct.grid.spacing, grow,
-                                                             largest_only=kind == "largest")
+        outline = {"engine": lambda: None, "carve": lambda: None, "box": lambda: np.ones(mu.shape, bool)}.get(
+            kind, lambda: body_outline(mu, ct.grid.spacing, grow, largest_only=kind == "largest"))()
         masks = {}
 
-        def mask_on(g, outline=outline, masks=masks):
+        def mask_on(g, outline=outline, masks=masks, kind=kind, value=grow):
             key = (tuple(g.shape), g.affine.tobytes())
             if key not in masks:  # a solve voxel is kept when any of the outline reaches its centre
-                masks[key] = resample(outline.astype(np.float32), ct.grid, g, order=1) > 0.01
+                masks[key] = air_hull(views, proj, g, value) if kind == "carve" else \
+                    resample(outline.astype(np.float32), ct.grid, g, order=1) > 0.01
             return masks[key]
 
         t = time.perf_counter()
-        with contextlib.nullcontext() if outline is None else coarse_solve_masked(mask_on):
+        with contextlib.nullcontext() if kind == "engine" else coarse_solve_masked(mask_on):
             init = init_tv_sart(views, proj, grid, cfg)
         t_coarse = time.perf_counter() - t
         true = resample(mu, ct.grid, init.solve, order=1).astype(np.float32)
         v = fine_resolve(views, proj, grid, init.solve, init.volume, cfg)
-        keep = np.ones(init.solve.shape, bool) if outline is None else mask_on(init.solve)
+        keep = np.ones(init.solve.shape, bool) if kind == "engine" else mask_on(init.solve)
         out.append({"row": row, "psnr_3d": psnr_3d(v, gt), "ssim_3d": ssim_3d(v, gt),
                     "exterior_rel_error": float(np.sqrt(((init.volume - true) ** 2).sum() / (true ** 2).sum())),
                     "grid_kept": float(keep.mean()),
-                    "ct_mass_kept": 1.0 if outline is None else float(mu[outline].sum() / mu.sum()),
+                    "ct_mass_kept": 1.0 if kind == "engine" else float(true[keep].sum() / true.sum()) if
+                    kind == "carve" else float(mu[outline].sum() / mu.sum()),
                     "coarse_s": t_coarse, "seconds": time.perf_counter() - t})
         r = out[-1]
         print(f"{row}: {r['psnr_3d']:.3f} dB / {r['ssim_3d']:.4f}, coarse rel. error {r['exterior_rel_error']:.3f}, "

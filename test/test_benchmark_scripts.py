@@ -130,9 +130,12 @@ def test_outline_oracle_rows_parse_and_bad_ones_are_named():
     from outline_oracle import parse_row
 
     assert parse_row("engine") == ("engine", 0.0)
+    assert parse_row("box") == ("box", 0.0)
     assert parse_row("outline:3") == ("outline", 3.0)
     assert parse_row("largest:0.5") == ("largest", 0.5)
-    for bad, word in (("hull:3", "hull"), ("outline", "outline"), ("outline:x", "'x'"), ("largest:-1", ">= 0")):
+    assert parse_row("carve:0.02") == ("carve", 0.02)
+    for bad, word in (("hull:3", "hull"), ("outline", "outline"), ("outline:x", "'x'"), ("largest:-1", ">= 0"),
+                      ("carve:0", "> 0"), ("carve:y", "air threshold")):
         with pytest.raises(ValueError, match=word):
             parse_row(bad)
 
@@ -198,3 +201,25 @@ def test_full_body_scripts_name_a_scan_that_is_not_full_body(tmp_path, capsys, s
     with pytest.raises(SystemExit):
         importlib.import_module(script).main([str(tmp_path)] + (["default"] if script == "coarse_sweep" else []))
     assert "'roi-only' scan; the exterior only exists on full-body scans" in capsys.readouterr().err
+
+
+def test_air_hull_carves_air_the_views_see_and_keeps_all_material():
+    """Space carving on a truncated synthetic scan: every voxel inside the body is kept, voxels whose rays show
+    air in some view are carved, voxels no view sees are kept."""
+    from outline_oracle import air_hull
+    from test_rtk_baseline import CENTER, _truncated_scan
+
+    from ixgs_ros.core import rtk_baseline as rb
+    from ixgs_ros.core.volume import Grid
+
+    views, proj, ell = _truncated_scan()
+    grid = Grid.centered(48, 4.0, CENTER)
+    keep = air_hull(views, proj, grid, 0.02)
+    assert keep.shape == grid.shape and keep.dtype == bool
+    X = grid.world_coords().reshape(-1, 3)
+    body = (((X - CENTER) / np.array([60.0, 45.0, 40.0])) ** 2).sum(1) <= 1.0
+    assert keep.reshape(-1)[body].all()
+    unseen = rb.view_counts(views, grid).reshape(-1) == 0
+    assert keep.reshape(-1)[unseen].all()
+    carved = ~keep.reshape(-1)
+    assert carved.sum() > 0.05 * len(X) and not (carved & body).any()
