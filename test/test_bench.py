@@ -325,3 +325,34 @@ def test_engine_overrides_parse_json_values_and_keep_other_strings():
                    "context_mode": "gaussians", "iterations": 40}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_engine_overrides(["novalue"])
+
+
+def test_roi_beyond_the_ct_is_measured_and_reported():
+    """A scan whose ROI box reaches past the CT's box (the bundled CT ends at L3, the L1 cases' ROI 8 mm past it)
+    is measured in mm and named in results.md; inside is 0 and not named; a scan that does not say gives None."""
+    ct_affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    ct_affine[:3, 3] = [-50.0, -50.0, -100.0]
+
+    def extra(offset_z):
+        roi = np.eye(4)
+        roi[:3, 3] = [-10.0, -10.0, offset_z]
+        return {"simulation": {"ct_shape": [100, 100, 100], "ct_affine": ct_affine.tolist()},
+                "roi": {"grid": {"shape": [20, 20, 20], "affine": roi.tolist()}}}
+
+    # CT box z from -101 to 99 mm; ROI box z from offset - 0.5 to offset + 19.5
+    assert B.roi_beyond_ct_mm(extra(0.0)) == 0.0
+    assert B.roi_beyond_ct_mm(extra(-108.5)) == pytest.approx(8.0)
+    assert B.roi_beyond_ct_mm(extra(82.5)) == pytest.approx(3.0)
+    assert B.roi_beyond_ct_mm({}) is None and B.roi_beyond_ct_mm({"simulation": {}, "roi": {}}) is None
+    cases = [{"name": "case-a", "zero_psnr_3d": 8.0, "roi_beyond_ct_mm": 8.0},
+             {"name": "case-b", "zero_psnr_3d": 9.0, "roi_beyond_ct_mm": 0.0},
+             {"name": "case-c", "zero_psnr_3d": 9.0}]
+    md = B.write_markdown({"date": "d", "machine": {}, "records": [], "cases": cases,
+                           "config": {"detector": 64, "roi_size": 32, "roi_spacing": 1.0, "holdout": 2,
+                                      "seed": 0, "renderer": "siddon"}})
+    (line,) = [ln for ln in md.splitlines() if ln.startswith("ROI beyond the CT")]
+    assert line.split(":", 1)[1].split("(")[0].strip() == "case-a 8.0 mm"
+    assert "ROI beyond the CT" not in B.write_markdown({"date": "d", "machine": {}, "records": [],
+                                                        "cases": cases[1:], "config": {
+                                                            "detector": 64, "roi_size": 32, "roi_spacing": 1.0,
+                                                            "holdout": 2, "seed": 0, "renderer": "siddon"}})

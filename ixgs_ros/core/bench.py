@@ -655,8 +655,12 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
                     "n_views_simulated": len(full), "detector": [full.width, full.height],
                     "grid": {"shape": list(grid.shape), "spacing_mm": [float(s) for s in grid.spacing]},
                     "pixel_mm": sim.get("pixel_mm"), "renderer": sim.get("renderer"),
-                    "zero_psnr_3d": psnr_3d(np.zeros_like(gt), gt), "subsets": {}}
+                    "zero_psnr_3d": psnr_3d(np.zeros_like(gt), gt),
+                    "roi_beyond_ct_mm": roi_beyond_ct_mm(full.extra), "subsets": {}}
         results["cases"].append(case_rec)
+        if case_rec["roi_beyond_ct_mm"]:
+            say(f"[bench] note: {case.name}'s ROI reaches {case_rec['roi_beyond_ct_mm']:.1f} mm beyond the CT; the "
+                "ground truth is 0 there (the phantom ends)")
         for n in cfg.views:
             train, held = training_subset(primary, n, cfg.holdout, cfg.seed)
             order, hpos = _ordered_for_engine(train, held, cfg.seed)
@@ -831,6 +835,24 @@ def _fmt(x, spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
+def roi_beyond_ct_mm(scan_extra: dict) -> float | None:
+    """How far (mm, the largest overshoot along any world axis) the ROI box of a simulated scan reaches beyond
+    the box of the CT it was simulated from, from the scan's ``extra`` (``roi.grid``, ``simulation.ct_shape`` and
+    ``ct_affine``, as ``ixgs simulate`` writes them); 0 when it lies inside, None when the scan does not say.
+    The ground truth is 0 there (the phantom ends, a patient would not): e.g. the L1 cases of the bundled chest
+    CT, whose last vertebra is L3 (BENCHMARKS.md, session 24)."""
+    from .volume import Grid
+
+    try:
+        sim, roi = scan_extra["simulation"], scan_extra["roi"]["grid"]
+        ct = Grid(tuple(int(n) for n in sim["ct_shape"]), np.asarray(sim["ct_affine"], float))
+        box = Grid(tuple(int(n) for n in roi["shape"]), np.asarray(roi["affine"], float))
+    except (KeyError, TypeError, ValueError):
+        return None
+    (lo, hi), (rlo, rhi) = ct.bounds(), box.bounds()
+    return float(max(0.0, np.max(lo - rlo), np.max(rhi - hi)))
+
+
 def write_markdown(results: dict) -> str:
     """The Markdown report: machine, settings and one table row per record."""
     mc = results["machine"]
@@ -890,6 +912,11 @@ def write_markdown(results: dict) -> str:
                           "(BENCHMARKS.md, session 21)."]
     lines += ["", "Zero-volume 3D PSNR (reference floor): " + ", ".join(
         f"{c['name']} {_fmt(c['zero_psnr_3d'], '.2f')} dB" for c in results["cases"]), ""]
+    beyond = [c for c in results["cases"] if c.get("roi_beyond_ct_mm")]
+    if beyond:
+        lines += ["ROI beyond the CT: " + ", ".join(f"{c['name']} {c['roi_beyond_ct_mm']:.1f} mm" for c in beyond)
+                  + " (the ground truth is 0 there: the phantom ends where a patient would not, and full-body "
+                    "solves smear mass into that air; BENCHMARKS.md, session 24)", ""]
     if results.get("files"):
         lines += ["Plots: " + ", ".join(f"[{Path(f).name}]({f})" for f in results["files"]), ""]
     if results.get("total_s") is not None:
