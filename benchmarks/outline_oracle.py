@@ -164,12 +164,12 @@ def main(argv=None) -> int:
         ap.error(str(e))
     mu = ct.mu()
     out = []
-    for row, (kind, grow) in zip(rows, parsed):
+    for row, (kind, value) in zip(rows, parsed):
         outline = {"engine": lambda: None, "carve": lambda: None, "box": lambda: np.ones(mu.shape, bool)}.get(
-            kind, lambda: body_outline(mu, ct.grid.spacing, grow, largest_only=kind == "largest"))()
+            kind, lambda: body_outline(mu, ct.grid.spacing, value, largest_only=kind == "largest"))()
         masks = {}
 
-        def mask_on(g, outline=outline, masks=masks, kind=kind, value=grow):
+        def mask_on(g, outline=outline, masks=masks, kind=kind, value=value):
             key = (tuple(g.shape), g.affine.tobytes())
             if key not in masks:  # a solve voxel is kept when any of the outline reaches its centre
                 masks[key] = air_hull(views, proj, g, value) if kind == "carve" else \

@@ -18,3 +18,13 @@ def test_contains_uses_voxel_edges_on_rotated_anisotropic_grids():
     assert grid.contains(pts, margin_vox=-1.0).tolist() == [True, True, True, True, True]
     # any leading shape
     assert grid.contains(grid.world_coords()).shape == grid.shape and grid.contains(grid.world_coords()).all()
+
+
+def test_grid_beyond_mm_is_the_largest_overshoot_of_its_box():
+    import pytest
+
+    outer = Grid.centered(100, 1.0)                      # box -50 .. 50 mm on every axis
+    assert Grid.centered(20, 1.0, (10.0, 0.0, 0.0)).beyond_mm(outer) == 0.0
+    assert Grid.centered(20, 1.0, (45.0, 0.0, 0.0)).beyond_mm(outer) == pytest.approx(5.0)
+    assert Grid.centered(20, 2.0, (0.0, 0.0, -35.0)).beyond_mm(outer) == pytest.approx(5.0)
+    assert outer.beyond_mm(Grid.centered(20, 1.0)) == pytest.approx(40.0)

@@ -849,8 +849,7 @@ def roi_beyond_ct_mm(scan_extra: dict) -> float | None:
         box = Grid(tuple(int(n) for n in roi["shape"]), np.asarray(roi["affine"], float))
     except (KeyError, TypeError, ValueError):
         return None
-    (lo, hi), (rlo, rhi) = ct.bounds(), box.bounds()
-    return float(max(0.0, np.max(lo - rlo), np.max(rhi - hi)))
+    return box.beyond_mm(ct)
 
 
 def write_markdown(results: dict) -> str:

@@ -360,9 +360,7 @@ def simulate_scan(config: SimulationConfig, progress: Callable[[str], None] | No
     if ct is None:
         ct = load_ct(cfg.ct_path, cfg.labels_path)
     roi = _make_roi(cfg, ct)
-    lo, hi = ct.grid.bounds()
-    rlo, rhi = roi.grid.bounds()
-    roi_inside = bool(np.all(rlo >= lo - 1e-6) and np.all(rhi <= hi + 1e-6))
+    roi_inside = roi.grid.beyond_mm(ct.grid) <= 1e-6
     if not roi_inside:
         say("note: the ROI extends beyond the CT; mu is 0 there (gt.nii.gz and roi-only projections)")
     timings["load"] = time.perf_counter() - t0

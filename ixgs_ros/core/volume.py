@@ -114,6 +114,12 @@ class Grid:
         c = self.corners()
         return c.min(0), c.max(0)
 
+    def beyond_mm(self, other: "Grid") -> float:
+        """How far this grid's box reaches beyond ``other``'s (mm, the largest overshoot of the axis-aligned world
+        bounds along any axis); 0 when it lies inside."""
+        (lo, hi), (slo, shi) = other.bounds(), self.bounds()
+        return float(max(0.0, np.max(lo - slo), np.max(shi - hi)))
+
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "affine": self.affine.tolist()}
 
