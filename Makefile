@@ -4,7 +4,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 OUT   ?= demo_out
 
-.PHONY: setup demo test test-all bench bench-quick clean
+.PHONY: setup demo test test-core test-all bench bench-quick clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +14,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q -ra
+
+# the ROS-free packages only (no rclpy, no message build): a fast loop while working on the core and engine
+test-core: setup
+	$(PY) -m pytest -m "not slow and not ros" -q -ra
 
 test-all: setup
 	$(PY) -m pytest -q -ra

@@ -1,4 +1,4 @@
-"""GPU timing of the CUDA splatting kernels (ixgs_ros.core.native_cuda) against the torch reference on the same GPU.
+"""GPU timing of the CUDA splatting kernels (ixgs_ros.engine.kernels_cuda) against the torch reference on the same GPU.
 
     python benchmarks/bench_cuda.py [--n 50000] [--views 25] [--size 256] [--grid 256] [--repeat 10] [--json F]
     python benchmarks/bench_cuda.py --sections recon [--iterations 500]   # a short full reconstruction
@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernels import CUBE_MM, SOURCE_MM, make_scene  # noqa: E402
-from ixgs_ros.core import gaussians_render as gr  # noqa: E402
-from ixgs_ros.core import native_cuda  # noqa: E402
-from ixgs_ros.core import voxelize as vx  # noqa: E402
+from ixgs_ros.engine import render as gr  # noqa: E402
+from ixgs_ros.engine import kernels_cuda as native_cuda  # noqa: E402
+from ixgs_ros.engine import voxelize as vx  # noqa: E402
 from ixgs_ros.core.geometry import View, look_at  # noqa: E402
 from ixgs_ros.core.volume import Grid  # noqa: E402
 
@@ -271,9 +271,9 @@ def patched_backends(mod):
 def bench_recon(mod, args, backends=("cuda", "torch"), **config) -> list[dict]:
     """Phantom scan of ``args.views`` views, reconstructed once per backend (EngineConfig defaults, lattice
     initialisation, ``args.iterations`` iterations; ``config`` overrides EngineConfig fields)."""
-    from ixgs_ros.core import phantom
-    from ixgs_ros.core.engine import EngineConfig, ReconstructionEngine
-    from ixgs_ros.core.metrics import psnr_3d
+    from ixgs_ros.simulation import phantom
+    from ixgs_ros.engine import EngineConfig, ReconstructionEngine
+    from ixgs_ros.evaluation.metrics import psnr_3d
 
     S, sod, sdd = args.size, 400.0, 700.0
     ell = phantom.shepp_logan_3d(60.0)

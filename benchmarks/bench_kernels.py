@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ixgs_ros.core import gaussians_render as gr  # noqa: E402
-from ixgs_ros.core import voxelize as vx  # noqa: E402
+from ixgs_ros.engine import render as gr  # noqa: E402
+from ixgs_ros.engine import voxelize as vx  # noqa: E402
 from ixgs_ros.core.geometry import look_at  # noqa: E402
 from ixgs_ros.core.volume import Grid  # noqa: E402
 

@@ -7,9 +7,9 @@
 Without ``--scans`` it simulates (``ixgs simulate``'s Python API) a ``--views``-view, ``--detector``-pixel,
 160-degree random-arc scan of the ``--roi`` vertebra for each mode into ``OUT/scans/<mode>`` (reused when
 already there with the same settings), scored on the ROI grid of ``gt.nii.gz`` (128^3 at 1 mm by default)
-with R2-Gaussian's 3D PSNR / SSIM (:mod:`ixgs_ros.core.metrics`).
+with R2-Gaussian's 3D PSNR / SSIM (:mod:`ixgs_ros.evaluation.metrics`).
 
-Solve grids (see :mod:`ixgs_ros.core.rtk_baseline`): FDK runs on the scoring grid. SART/CG solve on the ROI
+Solve grids (see :mod:`ixgs_ros.evaluation.baselines`): FDK runs on the scoring grid. SART/CG solve on the ROI
 grid plus one voxel for an ROI-only scan (the projections show all material is inside), and for a full-body
 scan on a box covering the part of the patient the views cross: with ``--body-extent ct`` (default) the
 bounding box of the CT's body (HU > -500) within the views' frusta, with ``auto`` the visual hull of the
@@ -30,15 +30,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ixgs_ros.core import metrics as M  # noqa: E402
-from ixgs_ros.core import rtk_baseline as rb  # noqa: E402
+from ixgs_ros.evaluation import metrics as M  # noqa: E402
+from ixgs_ros.evaluation import baselines as bl  # noqa: E402
 from ixgs_ros.core.scan import Scan  # noqa: E402
 from ixgs_ros.core.volume import Grid, load_nifti  # noqa: E402
 
 def body_box(ct_path: str | None, hu_threshold: float = -500.0, margin_mm: float = 5.0):
     """World bounding box ``(lo, hi)`` of the CT voxels above ``hu_threshold`` (patient and table; the faint
     attenuation of air noise outside is neglected)."""
-    from ixgs_ros.core.ct import load_ct
+    from ixgs_ros.simulation.ct import load_ct
 
     ct = load_ct(ct_path, with_labels=False)
     idx = np.argwhere(ct.hu > hu_threshold)
@@ -52,8 +52,8 @@ def body_box(ct_path: str | None, hu_threshold: float = -500.0, margin_mm: float
 
 def simulate(out: Path, mode: str, views: int, detector: int, roi: str, seed: int) -> Path:
     """Simulate (or reuse) one scan; returns its directory."""
-    from ixgs_ros.core.simulate import SimulationConfig, simulate_scan
-    from ixgs_ros.core.trajectories import TrajectoryConfig
+    from ixgs_ros.simulation.simulate import SimulationConfig, simulate_scan
+    from ixgs_ros.simulation.trajectories import TrajectoryConfig
 
     d = out / "scans" / mode
     settings = {"mode": mode, "views": views, "detector": detector, "roi": roi, "seed": seed}
@@ -71,11 +71,11 @@ def simulate(out: Path, mode: str, views: int, detector: int, roi: str, seed: in
 
 
 def parse_iterations(text: str) -> dict:
-    its = dict(rb.DEFAULT_ITERATIONS)
+    its = dict(bl.DEFAULT_ITERATIONS)
     for item in filter(None, (t.strip() for t in text.split(","))):
         k, _, v = item.partition("=")
-        if k not in rb.METHODS or not v.isdigit():
-            raise SystemExit(f"--iterations: expected method=N with method in {rb.METHODS}, got {item!r}")
+        if k not in bl.METHODS or not v.isdigit():
+            raise SystemExit(f"--iterations: expected method=N with method in {bl.METHODS}, got {item!r}")
         its[k] = int(v)
     return its
 
@@ -94,7 +94,7 @@ def run_case(scan_dir: Path, methods, iterations, body_extent_mode: str, threads
             "body_extent": None if body is None else [np.round(b, 1).tolist() for b in body],
             "zero_psnr_3d": M.psnr_3d(np.zeros_like(gt), gt), "results": []}
     for m in methods:
-        vol, info = rb.reconstruct(scan, grid, m, iterations[m], body_extent=body, threads=threads)
+        vol, info = bl.reconstruct(scan, grid, m, iterations[m], body_extent=body, threads=threads)
         r = {"method": m, "iterations": iterations[m], "psnr_3d": M.psnr_3d(vol, gt), "ssim_3d": M.ssim_3d(vol, gt),
              "wall_s": info["wall_s"], "solve_shape": info["solve_shape"],
              "solve_spacing_mm": info["solve_spacing_mm"], "peak_rss_mb": _peak_rss_mb()}
@@ -118,7 +118,7 @@ def warm_up(scan_dir: Path, methods) -> None:
     grid = load_nifti(scan_dir / "gt.nii.gz")[1]
     tiny = Grid.centered(8, 8.0, grid.center)
     for m in methods:
-        rb.reconstruct((views, proj), tiny, m, 1, solve_grid=tiny)
+        bl.reconstruct((views, proj), tiny, m, 1, solve_grid=tiny)
 
 
 def table(cases) -> str:
@@ -142,15 +142,15 @@ def main(argv=None) -> int:
     ap.add_argument("--roi", default="T12")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default="fdk,sart,cg")
-    ap.add_argument("--iterations", default="", help="e.g. sart=3,cg=20 (default: rtk_baseline.DEFAULT_ITERATIONS)")
+    ap.add_argument("--iterations", default="", help="e.g. sart=3,cg=20 (default: baselines.DEFAULT_ITERATIONS)")
     ap.add_argument("--body-extent", choices=("ct", "auto"), default="ct")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     for m in methods:
-        if m not in rb.METHODS:
-            raise SystemExit(f"--methods: unknown {m!r}; choose from {', '.join(rb.METHODS)}")
+        if m not in bl.METHODS:
+            raise SystemExit(f"--methods: unknown {m!r}; choose from {', '.join(bl.METHODS)}")
     iterations = parse_iterations(args.iterations)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

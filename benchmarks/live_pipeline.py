@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
-    from ixgs_ros.core.metrics import psnr_3d, ssim_3d
+    from ixgs_ros.evaluation.metrics import psnr_3d, ssim_3d
     from ixgs_ros.core.volume import load_nifti
     from ixgs_ros.msg import ReconstructionStatus, Volume
     from ixgs_ros.nodes import convert as cv

@@ -1,4 +1,4 @@
-// Python bindings of the ixgs native kernels (built by ixgs_ros/core/native.py with torch.utils.cpp_extension).
+// Python bindings of the ixgs native kernels (built by ixgs_ros/engine/kernels.py with torch.utils.cpp_extension).
 #include "ixgs_kernels.h"
 #include "cpu_common.h"
 #include "splat_math.h"

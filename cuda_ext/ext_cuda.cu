@@ -1,5 +1,5 @@
 // The ABI of ixgs_kernels.h (rasterize_forward/backward, voxelize_forward/backward, set_poison_outputs) for CUDA
-// tensors, and its Python bindings; built by ixgs_ros/core/native_cuda.py into its own extension module.
+// tensors, and its Python bindings; built by ixgs_ros/engine/kernels.py into its own extension module.
 // STATUS: not yet run on a GPU (cuda_ext/README.md). Not part of the default (CPU) build.
 //
 // This file does the orchestration with ATen on the tensors' device and current stream (allocation, cumsum,

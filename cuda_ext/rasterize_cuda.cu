@@ -5,7 +5,7 @@
 // Forward: one 256-thread block per 16x16 tile, one thread per pixel; the tile's splats (index order) are
 // staged through shared memory in batches of 256. Each pixel adds w exp(-power) of every splat whose pixel
 // box holds it and whose ellipse test passes, in list order - the CPU kernel's operations in the CPU kernel's
-// order, so with --fmad=false (native_cuda.py's default) a float32 image equals the CPU one bit for bit.
+// order, so with --fmad=false (kernels.py default) a float32 image equals the CPU one bit for bit.
 // Backward: one block per tile, the tile's incoming gradient in shared memory, one warp per (tile, splat)
 // pair; lanes stride over the pixels of the splat's box inside the tile and accumulate the moments of
 // ge = dL/dpixel exp(-power) (splat_grad_from_moments), summed across the warp in double; lane 0 writes the

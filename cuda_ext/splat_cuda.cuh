@@ -1,7 +1,7 @@
 // Torch-free launchers of the CUDA splatting kernels (rasterize_cuda.cu, voxelize_cuda.cu, bin_cuda.cu).
 //
 // STATUS: not yet run on a GPU (see cuda_ext/README.md). Not part of the default (CPU) build: the CPU extension
-// (ixgs_ros/core/native.py) compiles cuda_ext/*.cpp only, and this header is a .cuh so it does not enter that
+// (ixgs_ros/engine/kernels.py) compiles cuda_ext/*.cpp only, and this header is a .cuh so it does not enter that
 // build's source hash either.
 //
 // Everything here takes raw device pointers and a stream, so the kernels compile with nvcc alone (no torch

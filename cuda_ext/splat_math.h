@@ -2,7 +2,7 @@
 //
 // Everything here is header-only and usable from host C++ and (later) CUDA device code: functions are marked
 // IXGS_HD, which expands to `__host__ __device__` under nvcc. The definitions mirror the pure-torch reference
-// in ixgs_ros/core/gaussians_render.py and ixgs_ros/core/voxelize.py operation by operation (same formulas,
+// in ixgs_ros/engine/render.py and ixgs_ros/engine/voxelize.py operation by operation (same formulas,
 // same evaluation order) so both backends agree to rounding.
 #pragma once
 

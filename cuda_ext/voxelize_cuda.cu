@@ -3,7 +3,7 @@
 // splat_cuda.cuh. STATUS: not yet run on a GPU (cuda_ext/README.md).
 //
 // Forward: one 512-thread block per 8x8x8 brick, one thread per voxel. Each thread computes its voxel's world
-// position once, in double, as voxel_offset() does before the mean is subtracted (native_cuda.py builds with
+// position once, in double, as voxel_offset() does before the mean is subtracted (kernels.py builds with
 // --fmad=false, so this is the torch reference's value exactly); per Gaussian the offset is (x - p) in double
 // rounded to the working precision - the reference's offset bit for bit, so the world-box test decides every
 // voxel exactly as the reference does. Gaussian parameters are staged in shared memory in batches of 256.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 SUBCOMMANDS = ["demo", "simulate", "import_scan", "reconstruct", "bench"]
@@ -24,9 +26,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _route_logging() -> None:
+    """The library logs through ``logging`` (logger ``ixgs_ros``); on the command line its messages go to stderr
+    as ``ixgs: LEVEL: message`` (level from ``IXGS_LOG_LEVEL``, default WARNING)."""
+    logger = logging.getLogger("ixgs_ros")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ixgs: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("IXGS_LOG_LEVEL", "WARNING").upper())
+        logger.propagate = False
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _route_logging()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

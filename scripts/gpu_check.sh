@@ -107,10 +107,10 @@ fi
 
 # ---------------------------------------------------------------------------------------------- build
 # the CPU extension (the tests compare against it) builds in the background meanwhile
-("$PY" -m ixgs_ros.core.native --build >"$OUT_DIR/build_cpu.tmp" 2>&1; echo "rc=$?" >>"$OUT_DIR/build_cpu.tmp") &
+("$PY" -m ixgs_ros.engine.kernels --build >"$OUT_DIR/build_cpu.tmp" 2>&1; echo "rc=$?" >>"$OUT_DIR/build_cpu.tmp") &
 CPU_BUILD=$!
 BUILD_OK=1
-step "build CUDA extension" 60 360 "$OUT_DIR/build.log" "$PY" -m ixgs_ros.core.native_cuda --build --verbose ||
+step "build CUDA extension" 60 360 "$OUT_DIR/build.log" "$PY" -m ixgs_ros.engine.kernels --build --kind cuda --verbose ||
   BUILD_OK=0
 wait "$CPU_BUILD"
 {

@@ -48,7 +48,7 @@ command -v "$PYTHON" >/dev/null || { echo "[setup] error: $PYTHON not found (ixg
 bash scripts/build_interfaces.sh "$VENV"
 
 # --- native C++ kernels (built once and cached under build/)
-"$PY" -m ixgs_ros.core.native --build
+"$PY" -m ixgs_ros.engine.kernels --build
 
 echo "$HASH" > "$STAMP"
 echo "[setup] done"

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from ixgs_ros.core.accuracy import (bone_surface_distance, closest_points_on_triangles, crop_to_box,
+from ixgs_ros.evaluation.accuracy import (bone_surface_distance, closest_points_on_triangles, crop_to_box,
                                     distance_stats, point_to_mesh_distance, sample_surface, surface_distance)
 from ixgs_ros.core.geometry import rotation_z
-from ixgs_ros.core.mesh import iso_surface
+from ixgs_ros.outputs.mesh import iso_surface
 from ixgs_ros.core.volume import Grid, hu_to_mu
 
 BONE = float(hu_to_mu(1000.0))

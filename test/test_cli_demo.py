@@ -26,7 +26,7 @@ def test_demo_quick_writes_scores_and_pictures(tmp_path):
     gt, gt_grid = load_nifti(out / "scan" / "gt.nii.gz")
     assert vol.shape == gt.shape and grid == gt_grid
     # the summary's PSNR is the one of the written volume
-    from ixgs_ros.core.metrics import psnr_3d
+    from ixgs_ros.evaluation.metrics import psnr_3d
     assert abs(psnr_3d(vol, gt) - methods["ixgs (R²-Gaussian)"]["psnr_3d_db"]) < 1e-3
     assert "ixgs" in (out / "summary.md").read_text()
     # the baseline names the grid RTK solved on (ROI-only views: the ROI's own grid, no caveat)

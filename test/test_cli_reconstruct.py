@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from ixgs_ros.cli import main
-from ixgs_ros.core.gaussians import GaussianModel
+from ixgs_ros.engine.model import GaussianModel
 from ixgs_ros.core.geometry import View, look_at
-from ixgs_ros.core.phantom import Ellipsoid, make_scan, voxelize
+from ixgs_ros.simulation.phantom import Ellipsoid, make_scan, voxelize
 from ixgs_ros.core.volume import Grid, save_nifti
 
-SMALL_ENGINE = {"lattice_cg_iterations": 10, "tv_size": 8, "init_sart_iterations": 2,
-                "init_exterior_sart_iterations": 2, "init_fine_passes": 2}
+SMALL_ENGINE = {"lattice": {"cg_iterations": 10}, "optimiser": {"tv_size": 8}, "init": {"passes": 2},
+                "exterior": {"passes": 2, "refine_passes": 2}}
 
 
 PHANTOM = [Ellipsoid((0, 0, 0), (22, 18, 26), mu=0.02),
@@ -101,7 +101,7 @@ def test_reconstruct_bad_input_gives_one_clear_error(scan_dir, tmp_path, capsys)
 
 def test_reconstruct_help_states_the_engines_default_iterations(capsys):
     """The help text writes the default out (the parser must not import torch); it must match the engine."""
-    from ixgs_ros.core.engine import EngineConfig
+    from ixgs_ros.engine import EngineConfig
 
     with pytest.raises(SystemExit):
         main(["reconstruct", "--help"])

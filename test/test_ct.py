@@ -3,9 +3,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ixgs_ros.core.ct import (VERTEBRA_LABELS, default_ct_paths, label_bbox, label_centroid, label_name,
-                              load_ct, resample, roi_from_label, roi_from_point, vertebra_label)
-from ixgs_ros.core.volume import Grid, VolumeError
+from ixgs_ros.core.volume import Grid, VolumeError, resample
+from ixgs_ros.simulation.ct import (VERTEBRA_LABELS, default_ct_paths, label_bbox, label_centroid, label_name,
+                                   load_ct, roi_from_label, roi_from_point, vertebra_label)
 
 pytest.importorskip("diffdrr")
 

@@ -1,4 +1,4 @@
-"""The CUDA kernels (cuda_ext/*.cu, ixgs_ros.core.native_cuda) against the torch reference and the C++ kernels.
+"""The CUDA kernels (cuda_ext/*.cu, ixgs_ros.engine.kernels_cuda) against the torch reference and the C++ kernels.
 
 Three layers:
 
@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from ixgs_ros.core import gaussians_render as gr
-from ixgs_ros.core import native, native_cuda
-from ixgs_ros.core import voxelize as vx
+from ixgs_ros.engine import render as gr
+from ixgs_ros.engine import kernels as native
+from ixgs_ros.engine import kernels_cuda as native_cuda
+from ixgs_ros.engine import voxelize as vx
 from ixgs_ros.core.geometry import look_at, rotation_x, rotation_z
 from ixgs_ros.core.volume import Grid
 
@@ -263,18 +264,18 @@ def check_gradcheck_float64(mod, device):
 
 # ------------------------------------------------------------------------------------------ default-suite checks
 def test_cuda_sources_stay_out_of_the_cpu_build():
-    cpp, headers = native._sources()
+    cpp, headers = native.sources("cpp")
     assert cpp and all(p.suffix == ".cpp" for p in cpp)
     assert not any(p.suffix in (".cu", ".cuh") for p in headers)  # editing CUDA code never rebuilds the CPU module
-    cu, cu_headers = native_cuda._sources()
+    cu, cu_headers = native.sources("cuda")
     assert {p.name for p in cu} >= {"ext_cuda.cu", "rasterize_cuda.cu", "voxelize_cuda.cu", "bin_cuda.cu"}
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour on machines without CUDA")
 def test_without_gpu_nothing_is_built_and_load_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("IXGS_CUDA_BUILD", str(tmp_path))
-    assert not native_cuda.available()
-    assert native_cuda.unavailable_reason()
+    assert not native.available("cuda")
+    assert native.unavailable_reason()
     with pytest.raises(RuntimeError, match="cannot be built here"):
         native_cuda.load()
     assert not any(tmp_path.iterdir())  # nothing was compiled or written
@@ -290,7 +291,7 @@ def cuda_mod():
 
 @needs_gpu
 def test_gpu_build_is_cached_and_flags_reported(cuda_mod):
-    assert native_cuda.library_path().exists()
+    assert native.library_path("cuda").exists()
     assert cuda_mod.emulated is False and cuda_mod.tile_size == 16 and cuda_mod.brick_size == 8
 
 

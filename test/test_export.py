@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ixgs_ros.core.export import affine_from_nrrd_header, export_nifti, load_nrrd, nrrd_header, save_nrrd
+from ixgs_ros.outputs.export import affine_from_nrrd_header, export_nifti, load_nrrd, nrrd_header, save_nrrd
 from ixgs_ros.core.geometry import rotation_x, rotation_z
 from ixgs_ros.core.volume import Grid, load_nifti, mu_to_hu
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ixgs_ros.core.geometry import rotation_x, rotation_z
-from ixgs_ros.core.mesh import (VERTEBRA_NAMES, Mesh, bone_surface, clean_mesh, iso_surface, keep_large_components,
+from ixgs_ros.outputs.mesh import (VERTEBRA_NAMES, Mesh, bone_surface, clean_mesh, iso_surface, keep_large_components,
                                 label_partition, read_mesh, threshold_to_mu, vertebra_name, vertebra_surfaces,
                                 write_mesh)
 from ixgs_ros.core.volume import Grid, hu_to_mu

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ixgs_ros.core import metrics as M
+from ixgs_ros.evaluation import metrics as M
 
 
 def _vol(seed=0, shape=(24, 20, 16)):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ixgs_ros.core.geometry import rotation_x, rotation_z
-from ixgs_ros.core.mpr import (Window, compute_mpr, direction_letters, edge_letters, oblique_plane, resample_plane,
+from ixgs_ros.outputs.mpr import (Window, compute_mpr, direction_letters, edge_letters, oblique_plane, resample_plane,
                                sample_world, standard_plane, write_mpr)
 from ixgs_ros.core.volume import Grid
 
@@ -162,7 +162,7 @@ def test_montage_label_leaves_the_bottom_letter_visible():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ixgs_ros.core.mpr import annotate, montage_label
+    from ixgs_ros.outputs.mpr import annotate, montage_label
 
     fig = Figure(figsize=(3.2, 3.2), dpi=100)
     canvas = FigureCanvasAgg(fig)

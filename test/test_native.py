@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ixgs_ros.core import gaussians_render as gr
-from ixgs_ros.core import native
-from ixgs_ros.core import voxelize as vx
+from ixgs_ros.engine import render as gr
+from ixgs_ros.engine import kernels as native
+from ixgs_ros.engine import voxelize as vx
 from ixgs_ros.core.geometry import look_at, rotation_x, rotation_z
 from ixgs_ros.core.volume import Grid
 
@@ -72,7 +72,7 @@ def test_build_is_cached_under_build_dir_and_cli_reports_it(mod):
     assert name.startswith("ixgs_native_") and len(name) == len("ixgs_native_") + 16
     path = native.library_path()
     assert path.exists() and path.parent.parent == native.build_root()
-    out = subprocess.run([sys.executable, "-m", "ixgs_ros.core.native", "--build"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "ixgs_ros.engine.kernels", "--build"], cwd=REPO, capture_output=True,
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert str(path) in out.stdout

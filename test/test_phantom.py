@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ixgs_ros.core.geometry import GeometryError, View, rotation_x, rotation_z
-from ixgs_ros.core.phantom import Ellipsoid, line_integral, make_scan, project, shepp_logan_3d, voxelize
+from ixgs_ros.simulation.phantom import Ellipsoid, line_integral, make_scan, project, shepp_logan_3d, voxelize
 from ixgs_ros.core.scan import Scan
 from ixgs_ros.core.volume import MU_WATER, Grid
 

@@ -11,7 +11,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from gaussian_factory import random_gaussians
-from ixgs_ros.core import gaussians_render as gr
+from ixgs_ros.engine import render as gr
 from ixgs_ros.core.geometry import View, look_at, rotation_z
 
 F64 = torch.float64

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ixgs_ros.core.render3d import (make_camera, render_drr, render_iso, render_mip, view_axes, viewpoint_name,
+from ixgs_ros.outputs.render3d import (make_camera, render_drr, render_iso, render_mip, view_axes, viewpoint_name,
                                     write_renders)
 from ixgs_ros.core.volume import Grid
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from ixgs_ros.core.geometry import View, look_at
-from ixgs_ros.core.outputs import NavigationConfig, write_navigation_outputs
-from ixgs_ros.core.report import flatten_metrics, plot_view_geometry, view_frustum, write_montage, write_report
+from ixgs_ros.outputs.navigation import NavigationConfig, write_navigation_outputs
+from ixgs_ros.outputs.report import flatten_metrics, plot_view_geometry, view_frustum, write_montage, write_report
 from ixgs_ros.core.volume import Grid, hu_to_mu
 
 
@@ -110,8 +110,8 @@ def test_navigation_outputs_written(navigation):
 
 
 def test_navigation_outputs_volumes_round_trip(navigation):
-    from ixgs_ros.core.export import load_nrrd
-    from ixgs_ros.core.mesh import read_mesh
+    from ixgs_ros.outputs.export import load_nrrd
+    from ixgs_ros.outputs.mesh import read_mesh
     from ixgs_ros.core.volume import load_nifti, mu_to_hu
 
     out, paths, mu, g = navigation

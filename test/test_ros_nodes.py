@@ -314,9 +314,9 @@ def test_node_rejects_bad_parameter(ros_env, module, arg, error):
     ("volume_size:=[16,16]", "error: volume_size must be 3 positive integers (I, J, K), got [16, 16]"),
     ("voxel_size_mm:=1", "error: parameter voxel_size_mm: Trying to set parameter 'voxel_size_mm' to '1' of type "
                          "'INTEGER', expecting type 'DOUBLE'"),
-    ("engine_overrides:=[init_lattice=2.5]", "error: engine configuration: init_lattice must be of type int, got 2.5"),
-    ("engine_overrides:=[placement=spiral]", "error: engine configuration: placement must be one of lattice, "
-                                             "sample, got 'spiral'"),
+    ("engine_overrides:=[init.passes=2.5]", "error: engine configuration: init.passes must be an integer, got 2.5"),
+    ("engine_overrides:=[init.solver=magic]", "error: engine configuration: init.solver must be one of 'rtk', "
+                                             "got 'magic'"),
     ("reinit_growth:=0.5", "error: reinit_growth must be 0 (never) or > 1, got 0.5"),
 ])
 def test_reconstruction_node_rejects_bad_parameters(ros_env, arg, error):
@@ -332,9 +332,9 @@ SPHERE_RADIUS = 12.0  # mm, centred on the world origin
 
 def sphere_scan(n: int, size: int = 32, seed: int = 0):
     """``n`` views of 32² px on a tilted 160° arc (source 400 mm from the origin, off-centre principal points)
-    and the exact line integrals of a sphere (ixgs_ros.core.phantom)."""
+    and the exact line integrals of a sphere (ixgs_ros.simulation.phantom)."""
     from ixgs_ros.core.geometry import View, look_at
-    from ixgs_ros.core.phantom import Ellipsoid, project
+    from ixgs_ros.simulation.phantom import Ellipsoid, project
 
     rng = np.random.default_rng(seed)
     views = []
@@ -425,9 +425,9 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
         "volume_size": [16, 16, 16], "voxel_size_mm": 2.5, "volume_center_mm": center, "device": "cpu",
         "iterations": iterations, "refine_iterations": refine, "min_views": 7, "heldout_views": 1,
         "status_rate_hz": 10.0, "volume_publish_period_s": 30.0, "state_dir": str(state_dir),
-        "engine_overrides": ["init_sart_iterations=3", "init_exterior_sart_iterations=null", "init_fine_passes=2",
-                             "init_tv_weight=0.01", "init_tv_weight_final=null",
-                             "lr_density=1e-2", "tv_size=8", "seed=3"],
+        "engine_overrides": ["init.passes=3", "exterior.passes=null", "exterior.refine_passes=2",
+                             "init.tv_weight=0.01", "init.tv_weight_final=null",
+                             "optimiser.lr_density=1e-2", "optimiser.tv_size=8", "seed=3"],
     }}}))
     grid = Grid.centered(16, 2.5, center)
     views, images = sphere_scan(12)
@@ -496,7 +496,7 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
         assert rc == 0, out
         assert "rejected view 'wrong_frame': header.frame_id 'map' is not the world_frame 'world'" in out, out
         assert "rejected view 'shot_2': duplicate view_id" in out, out
-        assert (state_dir / "state.json").exists() and (state_dir / "node_state.json").exists()
+        assert (state_dir / "state.json").exists() and (state_dir / "live_state.json").exists()
 
         # restart: every accepted view, the iterations and the volume come back; known ids are still known
         statuses.clear()
@@ -536,7 +536,7 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
 
 
 def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_shutdown(ros_env, tmp_path):
-    """A long initialisation (here a Gaussian fit of a million steps; minutes for full-body views at 128³): its
+    """A long initialisation (here a lattice fit of a million CG steps; minutes for full-body views at 128³): its
     TV-SART solution is published on ``volume`` before the Gaussians exist, the status names the stage and
     step, SIGTERM stops it within seconds (exit 0) instead of waiting for it, and a restart from state_dir
     has every accepted view and initialises again from them."""
@@ -555,9 +555,9 @@ def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_s
     params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
         "volume_size": [16, 16, 16], "voxel_size_mm": 2.5, "device": "cpu", "min_views": 6,
         "status_rate_hz": 20.0, "state_dir": str(state_dir),
-        "engine_overrides": ["init_sart_iterations=3", "init_exterior_sart_iterations=null",
-                             "init_tv_weight=0.01", "init_tv_weight_final=null", "placement=sample",
-                             "n_init=500", "init_fit_block=8", "init_fit_iterations=1000000"],
+        "engine_overrides": ["init.passes=3", "exterior.passes=null", "init.tv_weight=0.01",
+                             "init.tv_weight_final=null", "lattice.cg_iterations=1000000",
+                             "lattice.nonneg_rounds=0"],
     }}}))
     grid = Grid.centered(16, 2.5, (0.0, 0.0, 0.0))
     views, images = sphere_scan(6)
@@ -579,7 +579,7 @@ def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_s
 
         def fitting_at_step(k):
             s = statuses[-1] if statuses else None
-            if s is None or s.state != ReconstructionStatus.OPTIMIZING or ": Gaussian fit " not in s.message:
+            if s is None or s.state != ReconstructionStatus.OPTIMIZING or ": Gaussian lattice fit " not in s.message:
                 return False
             return int(s.message.rsplit(" ", 1)[1].split("/")[0]) >= k
 
@@ -596,7 +596,7 @@ def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_s
             assert spin_until(lambda: fitting_at_step(2)), (attempt, statuses[-1:])
             msg = statuses[-1].message
             assert msg.startswith("6 views accepted (6 training, 0 held out); initialising from 6 training views: "
-                                  "Gaussian fit "), msg
+                                  "Gaussian lattice fit "), msg
             assert msg.endswith("/1000000") and statuses[-1].num_gaussians == 0, msg
             # the preview: the TV-SART solution on the node's grid, the sphere in it
             assert spin_until(lambda: volumes, timeout=10.0), f"{attempt}: no preview volume"
@@ -711,7 +711,7 @@ def test_reconstruction_node_reports_a_failed_optimisation_retries_and_keeps_its
     reason, the accepted views stay, a new training view retries, and the node shuts down cleanly."""
     import rclpy
 
-    from ixgs_ros.core.engine import ReconstructionEngine
+    from ixgs_ros.engine import ReconstructionEngine
     from ixgs_ros.nodes import convert as cv
     from ixgs_ros.nodes.reconstruction import ReconstructionNode
 
@@ -748,32 +748,6 @@ def test_reconstruction_node_reports_a_failed_optimisation_retries_and_keeps_its
         node._on_view(msgs[3])               # a new training view: one more try, with all four views
         assert wait_for(lambda: calls == [3, 4]), calls
         assert wait_for(lambda: node.node_status()["state"] == "error" and node.node_status()["views_used"] == 4)
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.shutdown(context=ctx)
-
-
-def test_volume_snapshots_take_at_most_a_fifth_of_the_optimisation_time():
-    """The snapshot period stretches when a snapshot (voxelising, held-out score, state save) is slow, so
-    that snapshots take at most SNAPSHOT_SHARE of the worker's time; fast snapshots keep the parameter."""
-    import rclpy
-
-    from ixgs_ros.nodes.reconstruction import SNAPSHOT_SHARE, ReconstructionNode
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, args=["--ros-args", "-r", "__ns:=/ixgs_snap", "-p", "volume_size:=[8,8,8]",
-                                  "-p", "volume_publish_period_s:=5.0"])
-    node = None
-    try:
-        node = ReconstructionNode(context=ctx)
-        assert node.snapshot_period() == 5.0
-        node._snapshot_s = 0.5
-        assert node.snapshot_period() == 5.0
-        node._snapshot_s = 3.0  # e.g. 128³ with 100k Gaussians on 2 cores
-        period = node.snapshot_period()
-        assert period == pytest.approx(12.0) and node._snapshot_s / (period + node._snapshot_s) == \
-            pytest.approx(SNAPSHOT_SHARE)
     finally:
         if node is not None:
             node.destroy_node()

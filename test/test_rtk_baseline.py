@@ -7,11 +7,15 @@ import pytest
 pytest.importorskip("itk")
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type")
 
-from ixgs_ros.core import metrics as M  # noqa: E402
-from ixgs_ros.core import rtk_baseline as rb  # noqa: E402
+from ixgs_ros.evaluation import metrics as M  # noqa: E402
+from ixgs_ros.evaluation import baselines as bl  # noqa: E402
+from ixgs_ros.engine import init_solve as isv
+from ixgs_ros.core.volume import resample
+from ixgs_ros.core import rtk
+from ixgs_ros.core import solve_grid as sg
 from ixgs_ros.core.geometry import GeometryError, View, look_at, rotation_x, rotation_y, rotation_z  # noqa: E402
-from ixgs_ros.core.phantom import Ellipsoid, project, voxelize  # noqa: E402
-from ixgs_ros.core.trajectories import TrajectoryConfig, make_trajectory  # noqa: E402
+from ixgs_ros.simulation.phantom import Ellipsoid, project, voxelize  # noqa: E402
+from ixgs_ros.simulation.trajectories import TrajectoryConfig, make_trajectory  # noqa: E402
 from ixgs_ros.core.volume import Grid, VolumeError  # noqa: E402
 
 CENTER = np.array([12.0, -7.0, 4.0])
@@ -66,7 +70,7 @@ def test_forward_projection_matches_closed_form_chords(name):
     ell = _phantom()
     vol = voxelize(ell, grid, supersample=3)
     views = _posed_views()
-    fp = rb.forward_project(vol, grid, views)
+    fp = rtk.forward_project(vol, grid, views)
     exact = project(ell, views)
     assert fp.shape == exact.shape == (4, 64, 64) and fp.dtype == np.float32
     assert _rel_l2(fp, exact) < 0.03
@@ -78,7 +82,7 @@ def test_detector_origin_is_the_first_pixel_centre():
     views = _posed_views()
     for p in (CENTER + [4.0, -3.0, 2.5], CENTER + [-6.0, 5.0, -4.0]):
         vol = voxelize([Ellipsoid(p, [1.2, 1.2, 1.2], None, 1.0)], grid, supersample=3)
-        fp = rb.forward_project(vol, grid, views)
+        fp = rtk.forward_project(vol, grid, views)
         for v, img in zip(views, fp):
             uv = v.pixel_grid()
             w = img / img.sum()
@@ -93,8 +97,8 @@ def test_back_projection_is_the_adjoint():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, grid.shape).astype(np.float32)
     y = rng.uniform(0, 1, (4, 64, 64)).astype(np.float32)
-    ax = rb.forward_project(x, grid, views)
-    aty = rb.back_project(y, views, grid)
+    ax = rtk.forward_project(x, grid, views)
+    aty = rtk.back_project(y, views, grid)
     lhs, rhs = float((ax.astype(np.float64) * y).sum()), float((x.astype(np.float64) * aty).sum())
     assert abs(lhs - rhs) < 1e-3 * abs(lhs)
 
@@ -103,27 +107,27 @@ def test_conversion_refuses_what_rtk_cannot_represent():
     v = _posed_views()[0]
     skew = View(v.K + np.array([[0, 5.0, 0], [0, 0, 0], [0, 0, 0]]), v.T_world_source, 64, 64)
     with pytest.raises(GeometryError, match="skew"):
-        rb.to_rtk_geometry([v, skew])
+        rtk.to_rtk_geometry([v, skew])
     with pytest.raises(GeometryError, match="detector size"):
-        rb.to_rtk_geometry([v, View(v.K, v.T_world_source, 32, 64)])
+        rtk.to_rtk_geometry([v, View(v.K, v.T_world_source, 32, 64)])
     K2 = v.K.copy()
     K2[1, 1] *= 1.1
     with pytest.raises(GeometryError, match="aspect"):
-        rb.to_rtk_geometry([v, View(K2, v.T_world_source, 64, 64)])
+        rtk.to_rtk_geometry([v, View(K2, v.T_world_source, 64, 64)])
     sheared = Grid((8, 8, 8), np.array([[1.0, 0.3, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
     with pytest.raises(VolumeError, match="shear"):
-        rb.forward_project(np.zeros((8, 8, 8), np.float32), sheared, [v])
+        rtk.forward_project(np.zeros((8, 8, 8), np.float32), sheared, [v])
     with pytest.raises(VolumeError, match="shape"):
-        rb.forward_project(np.zeros((8, 8, 7), np.float32), Grid.centered(8, 1.0), [v])
+        rtk.forward_project(np.zeros((8, 8, 7), np.float32), Grid.centered(8, 1.0), [v])
 
 
 def test_trajectory_frame_puts_the_rotation_axis_on_y():
     cfg = TrajectoryConfig(kind="random-arc", n_views=12, width=32, seed=2)
     views = make_trajectory(cfg, CENTER, 60.0)  # C-arm about the patient's long axis (world z)
-    T = rb.trajectory_frame(views)
+    T = bl.trajectory_frame(views)
     assert abs(abs(T[:3, :3][1] @ [0, 0, 1.0]) - 1) < 2e-3
     np.testing.assert_allclose(T[:3, :3] @ CENTER + T[:3, 3], 0, atol=5.0)  # origin near the isocentre
-    Ts = rb.trajectory_frame(views, Grid.centered(8, 1.0, CENTER))  # snapped onto the grid axes
+    Ts = bl.trajectory_frame(views, Grid.centered(8, 1.0, CENTER))  # snapped onto the grid axes
     assert np.allclose(np.abs(Ts[:3, :3]).max(axis=1), 1.0) and np.isclose(np.linalg.det(Ts[:3, :3]), 1.0)
 
 
@@ -141,7 +145,7 @@ def test_fdk_is_quantitative_on_a_circular_scan():
     views, proj, ell = _scan("circular", 60, width=64, jitter=False)
     grid = Grid.centered(40, 2.5, CENTER)
     gt = voxelize(ell, grid, supersample=2)
-    vol, info = rb.reconstruct((views, proj), grid, "fdk", hann=0.0)  # plain ramp: sharp edges
+    vol, info = bl.reconstruct((views, proj), grid, "fdk", hann=0.0)  # plain ramp: sharp edges
     assert vol.shape == grid.shape and info["frame_aligned"] and not info["arc_weighting"]
     assert M.psnr_3d(vol, gt) > 28
     assert abs(vol.mean() / gt.mean() - 1) < 0.03
@@ -151,20 +155,20 @@ def test_fdk_arc_weights_fix_the_scale_of_a_limited_arc():
     views, proj, ell = _scan("random-arc", 40, width=64)
     grid = Grid.centered(40, 2.5, CENTER)
     gt = voxelize(ell, grid, supersample=2)
-    vol, info = rb.fdk(views, proj, grid)
-    raw, _ = rb.fdk(views, proj, grid, arc_weights=False)
+    vol, info = bl.fdk(views, proj, grid)
+    raw, _ = bl.fdk(views, proj, grid, arc_weights=False)
     assert info["arc_weighting"]
     assert abs(vol.mean() / gt.mean() - 1) < 0.15
     assert M.psnr_3d(vol, gt) > M.psnr_3d(raw, gt) + 3
 
 
-@pytest.mark.parametrize("method", rb.METHODS)
+@pytest.mark.parametrize("method", bl.METHODS)
 def test_every_method_improves_on_a_zero_volume(method):
     views, proj, ell = _scan("random-arc", 16, width=48)
     grid = Grid.centered(32, 3.0, CENTER)  # holds the whole phantom: an "ROI-only" scan
     gt = voxelize(ell, grid, supersample=2)
     iters = {"fdk": 1, "sart": 2, "sirt": 10, "cg": 8}[method]
-    vol, info = rb.reconstruct((views, proj), grid, method, iters)
+    vol, info = bl.reconstruct((views, proj), grid, method, iters)
     assert vol.shape == grid.shape and vol.dtype == np.float32 and np.all(np.isfinite(vol))
     assert info["wall_s"] > 0 and info["iterations"] == iters
     zero = M.psnr_3d(np.zeros_like(gt), gt)
@@ -179,10 +183,10 @@ def test_reconstruct_on_a_rotated_grid_matches_the_axis_aligned_one():
     R = rotation_z(0.35)
     g1 = Grid(g0.shape, _affine(R, 3.0, CENTER, g0.shape))
     sg = Grid.centered(40, 3.0, CENTER)
-    v0, _ = rb.reconstruct((views, proj), g0, "sart", 2, solve_grid=sg)
-    v1, _ = rb.reconstruct((views, proj), g1, "sart", 2, solve_grid=sg)
+    v0, _ = bl.reconstruct((views, proj), g0, "sart", 2, solve_grid=sg)
+    v1, _ = bl.reconstruct((views, proj), g1, "sart", 2, solve_grid=sg)
     # compare on the rotated grid: resample the axis-aligned result there
-    v0r = rb.resample_volume(v0, g0, g1)
+    v0r = resample(v0, g0, g1)
     inner = (slice(8, -8),) * 3
     assert _rel_l2(v1[inner], v0r[inner]) < 0.1
 
@@ -191,19 +195,19 @@ def test_default_solve_grid_roi_only_full_body_and_body_extent():
     views, proj, ell = _scan("random-arc", 12, width=48)
     roi = Grid.centered(16, 3.0, CENTER)  # smaller than the phantom: every view is truncated
     big = Grid.centered(32, 3.0, CENTER)
-    assert rb.material_inside(views, proj, big)
-    assert not rb.material_inside(views, proj, roi)
-    assert rb.default_solve_grid(views, big, projections=proj) == rb.pad_grid(big, 1)
-    sg = rb.default_solve_grid(views, roi, projections=proj)
-    lo, hi = sg.bounds()
+    assert sg.material_inside(views, proj, big)
+    assert not sg.material_inside(views, proj, roi)
+    assert sg.default_solve_grid(views, big, projections=proj) == big.padded(1)
+    box = sg.default_solve_grid(views, roi, projections=proj)
+    lo, hi = box.bounds()
     plo, phi = np.min([e.bounds()[0] for e in ell], 0), np.max([e.bounds()[1] for e in ell], 0)
     assert np.all(lo <= plo + 1) and np.all(hi >= phi - 1)  # covers the phantom
-    assert np.all(np.array(sg.shape) * sg.spacing < 520)
+    assert np.all(np.array(box.shape) * box.spacing < 520)
     box = (CENTER - 60, CENTER + 60)
-    sgb = rb.default_solve_grid(views, roi, body_extent=box)
+    sgb = sg.default_solve_grid(views, roi, body_extent=box)
     lo, hi = sgb.bounds()
     assert np.all(lo >= box[0] - 12) and np.all(hi <= box[1] + 12)
-    small = rb.default_solve_grid(views, roi, body_extent=box, max_voxels=20 ** 3)
+    small = sg.default_solve_grid(views, roi, body_extent=box, max_voxels=20 ** 3)
     assert small.n_voxels <= 23 ** 3 and small.spacing[0] >= 2.0
 
 
@@ -211,15 +215,15 @@ def test_reconstruct_rejects_bad_input():
     views, proj, _ = _scan("random-arc", 4, width=32)
     grid = Grid.centered(8, 4.0, CENTER)
     with pytest.raises(ValueError, match="unknown RTK method"):
-        rb.reconstruct((views, proj), grid, "art")
+        bl.reconstruct((views, proj), grid, "art")
     with pytest.raises(ValueError, match="shape"):
-        rb.reconstruct((views, proj[:, :-1]), grid, "fdk")
+        bl.reconstruct((views, proj[:, :-1]), grid, "fdk")
     with pytest.raises(ValueError, match="iterations"):
-        rb.reconstruct((views, proj), grid, "cg", 0)
+        bl.reconstruct((views, proj), grid, "cg", 0)
 
     raw = SimpleNamespace(image_kind="raw", views=views, projections=proj)
     with pytest.raises(ValueError, match="line integrals"):
-        rb.reconstruct(raw, grid, "fdk")
+        bl.reconstruct(raw, grid, "fdk")
 
 
 # ------------------------------------------------------------------------------------------ issue 3: real CT
@@ -227,7 +231,7 @@ def test_reconstruct_rejects_bad_input():
 def roi_only_scan(tmp_path_factory):
     pytest.importorskip("diffdrr")
     from ixgs_ros.core.scan import Scan
-    from ixgs_ros.core.simulate import SimulationConfig, simulate_scan
+    from ixgs_ros.simulation.simulate import SimulationConfig, simulate_scan
     from ixgs_ros.core.volume import load_nifti
 
     out = tmp_path_factory.mktemp("rtk_sim") / "roi"
@@ -241,14 +245,14 @@ def roi_only_scan(tmp_path_factory):
 def test_rtk_projection_of_gt_matches_a_simulated_roi_only_scan(roi_only_scan):
     """Issue 3: RTK's forward projection of gt.nii.gz through the converted geometry matches the scan (< 3 %)."""
     scan, gt, grid = roi_only_scan
-    fp = rb.forward_project(gt, grid, scan.views)
+    fp = rtk.forward_project(gt, grid, scan.views)
     assert _rel_l2(fp, scan.projections) < 0.03
 
 
 def test_rtk_reconstructs_a_simulated_roi_only_scan(roi_only_scan):
     scan, gt, grid = roi_only_scan
     zero = M.psnr_3d(np.zeros_like(gt), gt)
-    vol, info = rb.reconstruct(scan, grid, "sart", 2)
+    vol, info = bl.reconstruct(scan, grid, "sart", 2)
     assert info["solve_shape"] == [s + 2 for s in grid.shape]
     assert M.psnr_3d(vol, gt) > zero + 3
 
@@ -268,19 +272,19 @@ def test_tv_denoise_lowers_the_rof_objective_and_recovers_a_noisy_piecewise_cons
     noisy = clean + rng.normal(0, 0.15, clean.shape).astype(np.float32)
     scale = float(noisy.max())
     w = 0.08
-    few = rb.tv_denoise(noisy, w, 5)
-    out = rb.tv_denoise(noisy, w, 60)
+    few = isv.tv_denoise(noisy, w, 5)
+    out = isv.tv_denoise(noisy, w, 60)
     assert out.shape == noisy.shape and out.dtype == np.float32
     objs = [_rof_objective(v / scale, noisy / scale, w) for v in (noisy, few, out)]
     assert objs[2] < objs[1] < objs[0], objs
     err = [float(np.abs(v - clean).mean()) for v in (noisy, out)]
     assert err[1] < 0.4 * err[0], err
     assert abs(float(out.mean()) - float(noisy.mean())) < 1e-3
-    assert rb.tv_denoise(noisy, 0.0) is noisy
+    assert isv.tv_denoise(noisy, 0.0) is noisy
     const = np.full((8, 8, 8), 0.02, np.float32)
-    assert np.allclose(rb.tv_denoise(const, 0.1), const, rtol=1e-6)
+    assert np.allclose(isv.tv_denoise(const, 0.1), const, rtol=1e-6)
     with pytest.raises(ValueError, match="TV weight"):
-        rb.tv_denoise(noisy, -0.1)
+        isv.tv_denoise(noisy, -0.1)
 
 
 def test_sart_tv_is_sart_without_tv_and_smoother_with_it():
@@ -289,18 +293,18 @@ def test_sart_tv_is_sart_without_tv_and_smoother_with_it():
     views, proj, ell = _scan("random-arc", 10, width=48)
     grid = Grid.centered(32, 3.0, CENTER)
     gt = voxelize(ell, grid, supersample=2)
-    solve = rb.default_solve_grid(views, grid, projections=proj)
-    sart, _ = rb.reconstruct((views, proj), solve, "sart", 4, solve_grid=solve)
-    plain = rb.sart_tv(views, proj, solve, 4, 0.0)
+    solve = sg.default_solve_grid(views, grid, projections=proj)
+    sart, _ = bl.reconstruct((views, proj), solve, "sart", 4, solve_grid=solve)
+    plain = isv.sart_tv(views, proj, solve, 4, 0.0)
     assert plain.shape == solve.shape and plain.dtype == np.float32
     assert np.allclose(plain, sart, rtol=1e-4, atol=1e-6 * float(np.abs(sart).max()))
-    tv = rb.sart_tv(views, proj, solve, 4, 0.02)
+    tv = isv.sart_tv(views, proj, solve, 4, 0.02)
 
     def total_variation(v):
         return sum(float(np.abs(np.diff(v, axis=a)).sum()) for a in range(3))
 
     assert total_variation(tv) < 0.9 * total_variation(plain)
-    on_grid = [rb.resample_volume(v, solve, grid) for v in (plain, tv)]
+    on_grid = [resample(v, solve, grid) for v in (plain, tv)]
     assert M.psnr_3d(on_grid[1], gt) > M.psnr_3d(on_grid[0], gt) + 0.3, [M.psnr_3d(v, gt) for v in on_grid]
 
 
@@ -310,19 +314,19 @@ def test_sart_tv_weight_schedule_decays_geometrically_and_rejects_bad_weights():
     are refused by name."""
     views, proj, _ = _scan("random-arc", 10, width=48)
     grid = Grid.centered(32, 3.0, CENTER)
-    solve = rb.default_solve_grid(views, grid, projections=proj)
+    solve = sg.default_solve_grid(views, grid, projections=proj)
 
     def total_variation(v):
         return sum(float(np.abs(np.diff(v, axis=a)).sum()) for a in range(3))
 
-    const = rb.sart_tv(views, proj, solve, 4, 0.08)
-    assert np.array_equal(rb.sart_tv(views, proj, solve, 4, 0.08, tv_weight_final=0.08), const)
-    decay = rb.sart_tv(views, proj, solve, 4, 0.08, tv_weight_final=0.002)
-    plain = rb.sart_tv(views, proj, solve, 4, 0.0)
+    const = isv.sart_tv(views, proj, solve, 4, 0.08)
+    assert np.array_equal(isv.sart_tv(views, proj, solve, 4, 0.08, tv_weight_final=0.08), const)
+    decay = isv.sart_tv(views, proj, solve, 4, 0.08, tv_weight_final=0.002)
+    plain = isv.sart_tv(views, proj, solve, 4, 0.0)
     assert total_variation(const) < total_variation(decay) < total_variation(plain)
     for w0, w1 in ((0.02, 0.0), (0.0, 0.02), (-0.01, None), (0.02, -0.01)):
         with pytest.raises(ValueError, match="tv_weight"):
-            rb.sart_tv(views, proj, solve, 2, w0, tv_weight_final=w1)
+            isv.sart_tv(views, proj, solve, 2, w0, tv_weight_final=w1)
 
 
 def test_view_counts_count_the_views_whose_detector_a_voxel_projects_onto():
@@ -331,7 +335,7 @@ def test_view_counts_count_the_views_whose_detector_a_voxel_projects_onto():
     none."""
     views = _posed_views()
     grid = Grid.centered(9, 40.0, CENTER)  # 360 mm: wider than the ~100 mm fields at the centre
-    counts = rb.view_counts(views, grid)
+    counts = sg.view_counts(views, grid)
     assert counts.shape == grid.shape and counts.dtype == np.float32
     X = grid.world_coords().reshape(-1, 3)
     want = np.zeros(len(X))
@@ -342,7 +346,7 @@ def test_view_counts_count_the_views_whose_detector_a_voxel_projects_onto():
     assert np.array_equal(counts.reshape(-1), want)
     assert counts[4, 4, 4] == len(views) and counts.min() == 0
     behind = Grid.centered(1, 1.0, views[0].source - 50.0 * views[0].R[:, 2])
-    assert rb.view_counts(views[:1], behind)[0, 0, 0] == 0
+    assert sg.view_counts(views[:1], behind)[0, 0, 0] == 0
 
 
 def test_sart_tv_weight_map_scales_the_tv_voxel_by_voxel():
@@ -351,13 +355,13 @@ def test_sart_tv_weight_map_scales_the_tv_voxel_by_voxel():
     refused."""
     views, proj, _ = _scan("random-arc", 10, width=48)
     grid = Grid.centered(32, 3.0, CENTER)
-    solve = rb.default_solve_grid(views, grid, projections=proj)
-    base = rb.sart_tv(views, proj, solve, 3, 0.05)
-    ones = rb.sart_tv(views, proj, solve, 3, 0.05, tv_weight_map=np.ones(solve.shape, np.float32))
+    solve = sg.default_solve_grid(views, grid, projections=proj)
+    base = isv.sart_tv(views, proj, solve, 3, 0.05)
+    ones = isv.sart_tv(views, proj, solve, 3, 0.05, tv_weight_map=np.ones(solve.shape, np.float32))
     assert np.allclose(ones, base, rtol=1e-5, atol=1e-6 * float(base.max()))
     half = np.ones(solve.shape, np.float32)
     half[: solve.shape[0] // 2] = 3.0
-    strong = rb.sart_tv(views, proj, solve, 3, 0.05, tv_weight_map=half)
+    strong = isv.sart_tv(views, proj, solve, 3, 0.05, tv_weight_map=half)
 
     def total_variation(v):
         return sum(float(np.abs(np.diff(v, axis=a)).sum()) for a in range(3))
@@ -368,7 +372,7 @@ def test_sart_tv_weight_map_scales_the_tv_voxel_by_voxel():
     assert abs(total_variation(strong[h + 2:]) / total_variation(base[h + 2:]) - 1) < 0.01
     for bad in (np.ones((3, 3, 3), np.float32), -np.ones(solve.shape, np.float32)):
         with pytest.raises(ValueError, match="tv_weight_map"):
-            rb.sart_tv(views, proj, solve, 1, 0.05, tv_weight_map=bad)
+            isv.sart_tv(views, proj, solve, 1, 0.05, tv_weight_map=bad)
 
 
 def test_sart_tv_starts_from_x0_when_given():
@@ -377,27 +381,27 @@ def test_sart_tv_starts_from_x0_when_given():
     views, proj, ell = _scan("random-arc", 10, width=48)
     grid = Grid.centered(32, 3.0, CENTER)
     gt = voxelize(ell, grid, supersample=2)
-    solve = rb.default_solve_grid(views, grid, projections=proj)
-    cold = rb.sart_tv(views, proj, solve, 1, 0.02)
-    assert np.array_equal(rb.sart_tv(views, proj, solve, 1, 0.02, x0=np.zeros(solve.shape, np.float32)), cold)
-    ref = rb.sart_tv(views, proj, solve, 8, 0.02)
-    warm = rb.sart_tv(views, proj, solve, 1, 0.02, x0=ref)
-    score = [M.psnr_3d(rb.resample_volume(v, solve, grid), gt) for v in (cold, warm, ref)]
+    solve = sg.default_solve_grid(views, grid, projections=proj)
+    cold = isv.sart_tv(views, proj, solve, 1, 0.02)
+    assert np.array_equal(isv.sart_tv(views, proj, solve, 1, 0.02, x0=np.zeros(solve.shape, np.float32)), cold)
+    ref = isv.sart_tv(views, proj, solve, 8, 0.02)
+    warm = isv.sart_tv(views, proj, solve, 1, 0.02, x0=ref)
+    score = [M.psnr_3d(resample(v, solve, grid), gt) for v in (cold, warm, ref)]
     assert score[1] > score[0] + 1.0 and abs(score[1] - score[2]) < 0.5, score
-    assert np.array_equal(rb.sart_tv(views, proj, solve, 1, 0.02, x0=ref - 1.0),
-                          rb.sart_tv(views, proj, solve, 1, 0.02, x0=np.zeros(solve.shape, np.float32)))
+    assert np.array_equal(isv.sart_tv(views, proj, solve, 1, 0.02, x0=ref - 1.0),
+                          isv.sart_tv(views, proj, solve, 1, 0.02, x0=np.zeros(solve.shape, np.float32)))
     with pytest.raises(ValueError, match="x0"):
-        rb.sart_tv(views, proj, solve, 1, 0.02, x0=np.zeros((3, 3, 3), np.float32))
+        isv.sart_tv(views, proj, solve, 1, 0.02, x0=np.zeros((3, 3, 3), np.float32))
 
 
 def test_coarsen_grid_keeps_the_box_centre_and_axes():
     g = Grid.centered((9, 10, 4), (1.0, 2.0, 0.5), (3.0, -1.0, 7.0))
-    c = rb.coarsen_grid(g, 2)
+    c = g.coarsened(2)
     assert c.shape == (5, 5, 2)
     assert np.allclose(c.spacing, [2.0, 4.0, 1.0]) and np.allclose(c.center, g.center)
-    assert rb.coarsen_grid(g, 1) == g
+    assert g.coarsened(1) == g
     with pytest.raises(ValueError, match="factor"):
-        rb.coarsen_grid(g, 0)
+        g.coarsened(0)
 
 
 def test_sart_tv_support_zeroes_outside_the_box_and_restores_the_roi_faces(roi_only_scan):
@@ -405,10 +409,10 @@ def test_sart_tv_support_zeroes_outside_the_box_and_restores_the_roi_faces(roi_o
     faces' material in that extra layer; with ``support=ROI`` the layer is zero after every pass and the ROI
     (faces included) is closer to the truth."""
     scan, gt, grid = roi_only_scan
-    solve = rb.default_solve_grid(scan.views, grid, projections=scan.projections)
+    solve = sg.default_solve_grid(scan.views, grid, projections=scan.projections)
     assert solve.shape == tuple(s + 2 for s in grid.shape)
-    free = rb.sart_tv(scan.views, scan.projections, solve, 4, 0.0)
-    held = rb.sart_tv(scan.views, scan.projections, solve, 4, 0.0, support=grid)
+    free = isv.sart_tv(scan.views, scan.projections, solve, 4, 0.0)
+    held = isv.sart_tv(scan.views, scan.projections, solve, 4, 0.0, support=grid)
     outside = ~grid.contains(solve.world_coords())
     assert outside.sum() == np.prod(solve.shape) - np.prod(grid.shape)
     assert np.all(held[outside] == 0) and float(np.abs(free[outside]).max()) > 0.05 * float(gt.max())
@@ -419,12 +423,12 @@ def test_sart_tv_support_zeroes_outside_the_box_and_restores_the_roi_faces(roi_o
 
 
 def test_tv_schedule_is_constant_or_geometric_from_first_to_last_weight():
-    assert rb.tv_schedule(3, 0.02) == [0.02] * 3 == rb.tv_schedule(3, 0.02, 0.02)
-    assert rb.tv_schedule(4, 0.0, 0.0) == [0.0] * 4
-    w = rb.tv_schedule(3, 0.04, 0.01)
+    assert isv.tv_schedule(3, 0.02) == [0.02] * 3 == isv.tv_schedule(3, 0.02, 0.02)
+    assert isv.tv_schedule(4, 0.0, 0.0) == [0.0] * 4
+    w = isv.tv_schedule(3, 0.04, 0.01)
     assert w[0] == pytest.approx(0.04) and w[1] == pytest.approx(0.02) and w[2] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="zero at both ends"):
-        rb.tv_schedule(3, 0.02, 0.0)
+        isv.tv_schedule(3, 0.02, 0.0)
 
 
 def _truncated_scan():
@@ -443,19 +447,19 @@ def test_refine_inner_sharpens_the_roi_of_a_coarse_solution_without_diverging_at
     views, proj, ell = _truncated_scan()
     roi = Grid.centered(24, 1.5, CENTER)
     gt = voxelize(ell, roi, supersample=2)
-    solve = rb.default_solve_grid(views, roi, projections=proj, spacing=6.0)
-    coarse = rb.sart_tv(views, proj, solve, 6, 0.0)
-    fine = rb.pad_grid(roi, 4)
-    x, exterior = rb.refine_inner(views, proj, solve, coarse, fine, 4, lam=1.3, tv_weight=0.0)
+    solve = sg.default_solve_grid(views, roi, projections=proj, spacing=6.0)
+    coarse = isv.sart_tv(views, proj, solve, 6, 0.0)
+    fine = roi.padded(4)
+    x, exterior = isv.refine_inner(views, proj, solve, coarse, fine, 4, lam=1.3, tv_weight=0.0)
     assert x.shape == fine.shape and exterior.shape == solve.shape and x.dtype == np.float32
     inside = fine.contains(solve.world_coords())
     assert inside.any() and np.all(exterior[inside] == 0) and np.array_equal(exterior[~inside], coarse[~inside])
-    before = rb.resample_volume(coarse, solve, roi)
-    after = rb.resample_volume(x, fine, roi)
+    before = resample(coarse, solve, roi)
+    after = resample(x, fine, roi)
     assert M.psnr_3d(after, gt) > M.psnr_3d(before, gt) + 1.0, [M.psnr_3d(v, gt) for v in (before, after)]
     assert float(x.max()) < 2.0 * float(gt.max()) and float(x.min()) >= 0.0
-    x0, _ = rb.refine_inner(views, proj, solve, coarse, fine, 0)
-    assert np.allclose(x0, np.maximum(rb.resample_volume(coarse, solve, fine), 0))
+    x0, _ = isv.refine_inner(views, proj, solve, coarse, fine, 0)
+    assert np.allclose(x0, np.maximum(resample(coarse, solve, fine), 0))
 
 
 def test_refine_inner_denoises_with_the_tv_schedule(monkeypatch):
@@ -463,54 +467,54 @@ def test_refine_inner_denoises_with_the_tv_schedule(monkeypatch):
     :func:`sart_tv`); without it every pass uses ``tv_weight``; a weight that is zero at one end only is refused."""
     views, proj, _ = _truncated_scan()
     roi = Grid.centered(12, 3.0, CENTER)
-    solve = rb.default_solve_grid(views, roi, projections=proj, spacing=6.0)
+    solve = sg.default_solve_grid(views, roi, projections=proj, spacing=6.0)
     coarse = np.full(solve.shape, 0.01, np.float32)
     seen = []
-    real = rb.tv_denoise
-    monkeypatch.setattr(rb, "tv_denoise", lambda x, w, it=20: (seen.append(w), real(x, w, it))[1])
-    rb.refine_inner(views, proj, solve, coarse, roi, 3, tv_weight=0.02, tv_weight_final=0.005)
+    real = isv.tv_denoise
+    monkeypatch.setattr(isv, "tv_denoise", lambda x, w, it=20: (seen.append(w), real(x, w, it))[1])
+    isv.refine_inner(views, proj, solve, coarse, roi, 3, tv_weight=0.02, tv_weight_final=0.005)
     assert seen == pytest.approx([0.02, 0.01, 0.005])
     seen.clear()
-    rb.refine_inner(views, proj, solve, coarse, roi, 2, tv_weight=0.004)
+    isv.refine_inner(views, proj, solve, coarse, roi, 2, tv_weight=0.004)
     assert seen == pytest.approx([0.004, 0.004])
     with pytest.raises(ValueError, match="TV weights"):
-        rb.refine_inner(views, proj, solve, coarse, roi, 2, tv_weight=0.0, tv_weight_final=0.003)
+        isv.refine_inner(views, proj, solve, coarse, roi, 2, tv_weight=0.0, tv_weight_final=0.003)
 
 
 def test_refine_inner_rejects_bad_input():
     views, proj, _ = _truncated_scan()
     roi = Grid.centered(24, 1.5, CENTER)
-    solve = rb.default_solve_grid(views, roi, projections=proj, spacing=4.5)
+    solve = sg.default_solve_grid(views, roi, projections=proj, spacing=4.5)
     vol = np.zeros(solve.shape, np.float32)
     with pytest.raises(ValueError, match="passes"):
-        rb.refine_inner(views, proj, solve, vol, roi, -1)
+        isv.refine_inner(views, proj, solve, vol, roi, -1)
     with pytest.raises(VolumeError, match="does not match"):
-        rb.refine_inner(views, proj, solve, vol[1:], roi, 1)
+        isv.refine_inner(views, proj, solve, vol[1:], roi, 1)
     with pytest.raises(ValueError, match="projections have shape"):
-        rb.refine_inner(views, proj[1:], solve, vol, roi, 1)
+        isv.refine_inner(views, proj[1:], solve, vol, roi, 1)
     with pytest.raises(ValueError, match="inside the solve grid"):
-        rb.refine_inner(views, proj, solve, vol, Grid.centered(24, 1.5, CENTER + 500.0), 1)
+        isv.refine_inner(views, proj, solve, vol, Grid.centered(24, 1.5, CENTER + 500.0), 1)
 
 
 def test_tv_denoise_weight_map_weights_the_tv_per_voxel():
     rng = np.random.default_rng(3)
     noisy = (rng.random((12, 10, 8)) + 1.0).astype(np.float32)
     ones = np.ones_like(noisy)
-    assert np.allclose(rb.tv_denoise(noisy, 0.05, 30, weight_map=ones), rb.tv_denoise(noisy, 0.05, 30), rtol=1e-6)
+    assert np.allclose(isv.tv_denoise(noisy, 0.05, 30, weight_map=ones), isv.tv_denoise(noisy, 0.05, 30), rtol=1e-6)
     # a map of zeros is no TV at all; a map of halves is half the weight
-    assert np.allclose(rb.tv_denoise(noisy, 0.05, 30, weight_map=0 * ones), noisy, rtol=1e-6)
-    assert np.allclose(rb.tv_denoise(noisy, 0.1, 30, weight_map=0.5 * ones), rb.tv_denoise(noisy, 0.05, 30),
+    assert np.allclose(isv.tv_denoise(noisy, 0.05, 30, weight_map=0 * ones), noisy, rtol=1e-6)
+    assert np.allclose(isv.tv_denoise(noisy, 0.1, 30, weight_map=0.5 * ones), isv.tv_denoise(noisy, 0.05, 30),
                        rtol=1e-5)
     # a smaller weight in one half smooths that half less
     m = ones.copy()
     m[:6] = 0.1
-    out, plain = rb.tv_denoise(noisy, 0.05, 30, weight_map=m), rb.tv_denoise(noisy, 0.05, 30)
+    out, plain = isv.tv_denoise(noisy, 0.05, 30, weight_map=m), isv.tv_denoise(noisy, 0.05, 30)
     assert np.abs(out[:5] - noisy[:5]).mean() < 0.5 * np.abs(plain[:5] - noisy[:5]).mean()
     assert np.allclose(out[8:], plain[8:], atol=0.02)
     with pytest.raises(ValueError, match="weight_map"):
-        rb.tv_denoise(noisy, 0.05, weight_map=ones[:5])
+        isv.tv_denoise(noisy, 0.05, weight_map=ones[:5])
     with pytest.raises(ValueError, match="weight_map"):
-        rb.tv_denoise(noisy, 0.05, weight_map=-ones)
+        isv.tv_denoise(noisy, 0.05, weight_map=-ones)
 
 
 def test_coarse_binning_matches_the_detector_sampling_to_the_solve_grid():
@@ -520,34 +524,38 @@ def test_coarse_binning_matches_the_detector_sampling_to_the_solve_grid():
     views = [View(K, look_at([600.0 * np.sin(a), -600.0 * np.cos(a), 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]),
                   256, 256) for a in np.radians([0.0, 45.0, 90.0])]
     for spacing, b in ((1.0, 1), (2.75, 2), (4.0, 4)):
-        assert rb.coarse_binning(views, Grid.centered(64, spacing, (0.0, 0.0, 0.0))) == b, spacing
+        assert sg.coarse_binning(views, Grid.centered(64, spacing, (0.0, 0.0, 0.0))) == b, spacing
     small = [View(K, v.T_world_source, 64, 64) for v in views]
-    assert rb.coarse_binning(small, Grid.centered(64, 4.0, (0.0, 0.0, 0.0))) == 2
+    assert sg.coarse_binning(small, Grid.centered(64, 4.0, (0.0, 0.0, 0.0))) == 2
 
 
 def test_preload_instantiates_what_the_engine_init_uses():
     """(The live node calls it in a thread at start-up.) It returns its duration and may be called again; the
     projectors work after it."""
-    assert rb.preload() >= 0.0 and rb.preload() >= 0.0
+    assert rtk.preload() >= 0.0 and rtk.preload() >= 0.0
     grid = Grid.centered(8, 2.0, (0, 0, 0))
     view = View([[300.0, 0, 7.5], [0, 300.0, 7.5], [0, 0, 1]], look_at((0, -300.0, 0), (0, 0, 0), (0, 0, 1)), 16, 16)
-    p = rb.forward_project(np.ones(grid.shape, np.float32), grid, [view])
+    p = rtk.forward_project(np.ones(grid.shape, np.float32), grid, [view])
     assert p.shape == (1, 16, 16) and p.max() > 10.0  # 16 mm of unit attenuation through the centre
 
 
 _RACE = """
 import threading
-from ixgs_ros.core import rtk_baseline as rb
+from ixgs_ros.evaluation import baselines as bl
+from ixgs_ros.engine import init_solve as isv
+from ixgs_ros.core.volume import resample
+from ixgs_ros.core import rtk
+from ixgs_ros.core import solve_grid as sg
 errors, types = [], []
 def preload():
     try:
-        rb.preload()
+        rtk.preload()
     except Exception as e:
         errors.append(repr(e))
 def use():
     try:
-        types.append(rb._image_type())
-        rb.set_threads(1)
+        types.append(rtk.image_type())
+        rtk.set_threads(1)
     except Exception as e:
         errors.append(repr(e))
 threads = [threading.Thread(target=f) for f in (preload, use, use)]

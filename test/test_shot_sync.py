@@ -101,7 +101,7 @@ def test_resent_samples_replace_and_old_ones_are_forgotten():
 
 @pytest.mark.parametrize("call,msg", [
     (lambda s: s.add_camera_info(1.0, -K, 32, 24, now=0.0), "camera_info at 1.000000 s:"),
-    (lambda s: s.add_camera_info(float("nan"), K, 32, 24, now=0.0), "camera_info stamp: expected a finite number"),
+    (lambda s: s.add_camera_info(float("nan"), K, 32, 24, now=0.0), "camera_info stamp: must be finite"),
     (lambda s: s.add_pose(1.0, np.eye(3), now=0.0), "source_pose at 1.000000 s:"),
     (lambda s: s.add_pose(1.0, np.diag([2.0, 1.0, 1.0, 1.0]), now=0.0), "source_pose at 1.000000 s:"),
     (lambda s: s.add_image(1.0, np.zeros(5), now=0.0), "image at 1.000000 s: expected a non-empty 2D array"),

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from ixgs_ros.core.geometry import View, rotation_x, rotation_z
-from ixgs_ros.core.phantom import Ellipsoid, line_integral, voxelize
+from ixgs_ros.simulation.phantom import Ellipsoid, line_integral, voxelize
 from ixgs_ros.core.scan import Scan
-from ixgs_ros.core.trajectories import (DEFAULT_ARCS, PATIENT_TO_WORLD, TRAJECTORY_KINDS, TrajectoryConfig,
+from ixgs_ros.simulation.trajectories import (DEFAULT_ARCS, PATIENT_TO_WORLD, TRAJECTORY_KINDS, TrajectoryConfig,
                                         auto_pixel_mm, make_trajectory)
 from ixgs_ros.core.volume import Grid, load_nifti
 
 pytest.importorskip("diffdrr")
 
-from ixgs_ros.core.ct import load_ct  # noqa: E402
-from ixgs_ros.core.simulate import (SimulationConfig, perturb_pose, render_line_integrals,  # noqa: E402
+from ixgs_ros.simulation.ct import load_ct  # noqa: E402
+from ixgs_ros.simulation.simulate import (SimulationConfig, perturb_pose, render_line_integrals,  # noqa: E402
                                     simulate_scan)
 
 ISO = np.array([-16.9, -61.8, -258.6])

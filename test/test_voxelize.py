@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gaussian_factory import random_gaussians
-from ixgs_ros.core import gaussians_render as gr
-from ixgs_ros.core import voxelize as vx
+from ixgs_ros.engine import render as gr
+from ixgs_ros.engine import voxelize as vx
 from ixgs_ros.core.geometry import rotation_x, rotation_y, rotation_z
 from ixgs_ros.core.volume import Grid
 

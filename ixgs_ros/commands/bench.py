@@ -1,7 +1,6 @@
 """``ixgs bench --out DIR``: ixgs vs the classical RTK baselines on the same simulated real-CT scans."""
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 
@@ -28,7 +27,7 @@ def add_parser(sub):
                         "plus ixgs-cuda when torch sees a GPU)")
     p.add_argument("--iterations", type=int, default=None, help="ixgs iterations (default: the engine's)")
     p.add_argument("--rtk-iterations", default=None, metavar="M=N,...",
-                   help="RTK iteration overrides, e.g. sart=3,cg=20 (default: rtk_baseline's)")
+                   help="RTK iteration overrides, e.g. sart=3,cg=20 (default: ixgs_ros.evaluation.baselines')")
     p.add_argument("--rtk-spacing", type=float, default=None, metavar="MM",
                    help="voxel size of the RTK SART/CG solve grid (default: the finest keeping it under 160^3 "
                         "voxels, 2.75 mm on full-body cases)")
@@ -57,23 +56,15 @@ def add_parser(sub):
                    help="run the methods in this process (faster start; peak memory is then cumulative)")
     g.add_argument("--save-volumes", action="store_true", help="also write every volume to OUT/volumes")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g = p.add_argument_group("publishing")
+    g.add_argument("--publish", metavar="PATH.md", default=None,
+                   help="also write the tables to PATH.md and the results to PATH.json (e.g. docs/results.md, the "
+                        "page the README links)")
+    g.add_argument("--from-results", metavar="RESULTS", default=None,
+                   help="run nothing: rebuild the tables from an earlier results.json (or its directory), e.g. with "
+                        "--publish")
     p.set_defaults(func=run)
     return p
-
-
-def parse_engine_overrides(items) -> dict:
-    """``--engine KEY=VALUE`` items as EngineConfig overrides (values parsed as JSON, else kept as strings);
-    also used by ``benchmarks/ablate_engine.py``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--engine: expected KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
 
 
 def _parse_rtk_iterations(text) -> dict:
@@ -94,7 +85,8 @@ def _command_line() -> str:
 
 
 def config_from_args(args):
-    from ixgs_ros.core.bench import BenchConfig, quick_config
+    from ixgs_ros.core.config import parse_overrides
+    from ixgs_ros.evaluation.bench import BenchConfig, quick_config
 
     opts = {
         "cases": args.cases, "views": args.views, "methods": args.methods, "iterations": args.iterations,
@@ -103,7 +95,8 @@ def config_from_args(args):
         "threads": args.threads, "curve_points": args.curve_points, "rtk_spacing": args.rtk_spacing,
     }
     opts = {k: v for k, v in opts.items() if v is not None}
-    opts.update(engine=parse_engine_overrides(args.engine), rtk_iterations=_parse_rtk_iterations(args.rtk_iterations),
+    opts.update(engine=parse_overrides(args.engine, "--engine"),
+                rtk_iterations=_parse_rtk_iterations(args.rtk_iterations),
                 surface=not args.no_surface, isolate=not args.no_isolate, save_volumes=args.save_volumes,
                 baseline_from=list(args.baseline_from),
                 command=_command_line())
@@ -113,23 +106,43 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ixgs_ros.core.bench import CASES, DEFAULT_CASES, run_bench, select_cases
+    from ixgs_ros.evaluation.bench import CASES, DEFAULT_CASES, run_bench, select_cases
 
     if args.list_cases:
         default = {c.name for c in select_cases(list(DEFAULT_CASES))}
         for c in CASES:
             print(f"{c.name}{'  (default)' if c.name in default else ''}")
         return 0
-    if not args.out:
-        raise ValueError("--out is required")
-    cfg = config_from_args(args).validate()
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    results = run_bench(cfg, progress=say)
-    from ixgs_ros.core.bench import write_markdown
+    from ixgs_ros.evaluation.bench import load_baseline, write_markdown
 
-    print(write_markdown(results))
+    if args.from_results:
+        results = load_baseline(args.from_results)
+    else:
+        if not args.out:
+            raise ValueError("--out is required")
+        cfg = config_from_args(args).validate()
+        say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+        results = run_bench(cfg, progress=say)
+    text = write_markdown(results)
+    print(text)
+    if args.publish:
+        publish(results, text, args.publish)
     failed = [r for r in results["records"] if "error" in r]
     if failed:
         print(f"ixgs bench: {len(failed)} run(s) failed (see results.json)", file=sys.stderr)
         return 1
     return 0
+
+
+def publish(results: dict, markdown: str, path) -> None:
+    """The tables to ``path`` (Markdown, marked as generated) and the results beside it (``.json``)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix != ".md":
+        raise ValueError(f"--publish: expected a .md path, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("<!-- generated by `ixgs bench --publish`; edit the benchmark, not this page -->\n" + markdown)
+    path.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print(f"ixgs bench: published {path} and {path.with_suffix('.json')}", file=sys.stderr)

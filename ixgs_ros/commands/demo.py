@@ -17,7 +17,7 @@ from pathlib import Path
 def rtk_grid_note(name: str, m: dict, out_spacing_mm: float) -> str | None:
     """The line under the demo's table naming the grid an RTK baseline solved on (None for other methods), with
     a caveat when that grid is coarser than the output grid (full-body scans): a finer one makes SART stronger."""
-    from ixgs_ros.core.rtk_baseline import solved_coarser
+    from ixgs_ros.evaluation.baselines import solved_coarser
 
     if m.get("solve_spacing_mm") is None:
         return None
@@ -27,9 +27,9 @@ def rtk_grid_note(name: str, m: dict, out_spacing_mm: float) -> str | None:
     note = (f"{name}: {m.get('iterations', '?')} passes on a {shape} grid at {mm} (RTK's default solve grid, "
             "covering the material the rays cross)")
     if solved_coarser(m["solve_spacing_mm"], out_spacing_mm):
-        note += ("; coarser than the output grid, so a weaker baseline than RTK can be: on the benchmark's T12 "
-                 "full-body scan SART-40 on a 1 mm grid scores 25.41 dB against SART-10's 24.58 on its default "
-                 "2.75 mm grid (`ixgs bench --rtk-spacing`, BENCHMARKS.md sessions 21 and 23)")
+        note += ("; coarser than the output grid, so a weaker baseline than RTK can be: SART on a grid at the "
+                 "output spacing with more passes scores higher on full-body scans (`ixgs bench --rtk-spacing`; "
+                 "docs/results.md lists the strongest RTK runs measured)")
     return note
 
 
@@ -56,15 +56,15 @@ def _log(msg):
 def run(args) -> int:
     import numpy as np
 
-    from ixgs_ros.commands.reconstruct import load_engine_config
-    from ixgs_ros.core.accuracy import bone_surface_distance
-    from ixgs_ros.core.metrics import psnr_3d, ssim_3d
-    from ixgs_ros.core.mpr import write_mpr_montage
-    from ixgs_ros.core.reconstruct import reconstruct_scan, write_outputs
+    from ixgs_ros.engine import load_engine_config
+    from ixgs_ros.evaluation.accuracy import bone_surface_distance
+    from ixgs_ros.evaluation.metrics import psnr_3d, ssim_3d
+    from ixgs_ros.outputs.mpr import write_mpr_montage
+    from ixgs_ros.pipeline import reconstruct_scan, write_outputs
     from ixgs_ros.core.scan import Scan
-    from ixgs_ros.core.simulate import SimulationConfig, simulate_scan
-    from ixgs_ros.core.trajectories import TrajectoryConfig
-    from ixgs_ros.core.volume import Grid, load_nifti, save_nifti
+    from ixgs_ros.simulation.simulate import SimulationConfig, simulate_scan
+    from ixgs_ros.simulation.trajectories import TrajectoryConfig
+    from ixgs_ros.core.volume import load_nifti, save_nifti
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def run(args) -> int:
     rows = {"ixgs (R²-Gaussian)": {"volume": vol, "time_s": result.report["wall_time_s"]}}
     # ---------------------------------------------------------------- 3. RTK baseline
     if args.baseline != "none":
-        from ixgs_ros.core.rtk_baseline import reconstruct as rtk_reconstruct
+        from ixgs_ros.evaluation.baselines import reconstruct as rtk_reconstruct
 
         _log(f"RTK {args.baseline.upper()} reconstruction of the same scan ...")
         t0 = time.perf_counter()

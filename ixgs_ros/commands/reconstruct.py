@@ -1,7 +1,6 @@
 """``ixgs reconstruct SCAN_DIR --out OUT_DIR``: R²-Gaussian reconstruction of an ixgs-scan directory."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ def add_parser(sub):
     p.add_argument("--holdout", type=int, default=0, help="views held out from training for 2D PSNR/SSIM")
     p.add_argument("--gt", help="ground-truth NIfTI on the same grid: report 3D PSNR/SSIM "
                                 "(default: gt.nii.gz next to the scan when the grid matches)")
-    p.add_argument("--config", help="YAML/JSON file with engine parameters (see config/reconstruction.yaml)")
+    p.add_argument("--config", help="YAML/JSON file with engine parameters (EngineConfig sections, optionally under engine:)")
     p.add_argument("--backend", choices=["auto", "torch", "cpp", "cuda"], default=None)
     p.add_argument("--save-state", action="store_true", help="also save the whole engine state to OUT/state")
     p.add_argument("--no-navigation", action="store_true", help="skip meshes, renderings and the report page")
@@ -35,32 +34,14 @@ def add_parser(sub):
     return p
 
 
-def load_engine_config(path=None, **overrides):
-    from ixgs_ros.core.engine import EngineConfig
-
-    data = {}
-    if path:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        data = data.get("engine", data)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return EngineConfig.from_dict(data)
-
-
 def run(args) -> int:
-    from ixgs_ros.core.reconstruct import choose_grid, reconstruct_scan, write_outputs
+    from ixgs_ros.pipeline import choose_grid, reconstruct_scan, write_outputs
     from ixgs_ros.core.scan import Scan
 
     scan = Scan.load(args.scan_dir)
     grid = choose_grid(scan, like=args.like, size=args.size, spacing=args.spacing, center=args.center)
+    from ixgs_ros.engine import load_engine_config
+
     cfg = load_engine_config(args.config, iterations=args.iterations, device=args.device, seed=args.seed,
                              backend=args.backend)
     gt = args.gt

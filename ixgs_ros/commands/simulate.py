@@ -6,7 +6,7 @@ import time
 
 
 def add_parser(sub):
-    from ixgs_ros.core.trajectories import DEFAULT_ARCS, TRAJECTORY_KINDS
+    from ixgs_ros.simulation.trajectories import DEFAULT_ARCS, TRAJECTORY_KINDS
 
     p = sub.add_parser(
         "simulate", help="simulate a C-arm scan of a real CT (line integrals + ground truth)",
@@ -69,8 +69,8 @@ def add_parser(sub):
 
 
 def config_from_args(args):
-    from ixgs_ros.core.simulate import SimulationConfig
-    from ixgs_ros.core.trajectories import TrajectoryConfig
+    from ixgs_ros.simulation.simulate import SimulationConfig
+    from ixgs_ros.simulation.trajectories import TrajectoryConfig
 
     det = list(args.detector)
     if len(det) not in (1, 2):
@@ -100,7 +100,7 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ixgs_ros.core.simulate import simulate_scan
+    from ixgs_ros.simulation.simulate import simulate_scan
 
     cfg = config_from_args(args)
     t0 = time.perf_counter()

@@ -1,5 +1,8 @@
 """C-arm view geometry: the single source of truth for every part of ixgs_ros.
 
+Long because the pinhole convention lives in one class, :class:`View` (projection, rays, frustum, detector and
+C-arm descriptions, binning, serialisation): split, the convention would be spread over several files.
+
 A view is a pinhole camera placed at the X-ray source.
 
 * ``K`` (3x3, pixels): ``(u, v, 1) ~ K @ X_cam`` with ``u`` the column, ``v`` the row, pixel centres at
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from .validate import finite_number, finite_vector
 
 __all__ = [
     "GeometryError",
@@ -131,25 +136,11 @@ def look_at(source, target, up) -> np.ndarray:
 
 
 def _as_vector(a, name: str, n: int = 3) -> np.ndarray:
-    try:
-        x = np.array(a, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise GeometryError(f"{name}: must be {n} numbers: {exc}") from None
-    if x.shape != (n,):
-        raise GeometryError(f"{name}: must be {n} numbers, got {x.size}")
-    if not np.all(np.isfinite(x)):
-        raise GeometryError(f"{name}: contains NaN or inf: {x.tolist()}")
-    return x
+    return finite_vector(a, n, name, GeometryError)
 
 
 def _as_scalar(a, name: str) -> float:
-    try:
-        x = float(a)
-    except (TypeError, ValueError):
-        raise GeometryError(f"{name}: must be a number, got {a!r}") from None
-    if not np.isfinite(x):
-        raise GeometryError(f"{name}: must be finite, got {x}")
-    return x
+    return finite_number(a, name, GeometryError)
 
 
 def _positive_int(val, name: str) -> int:

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from .geometry import GeometryError, View
+from .validate import finite_number
 from .radiograph import to_line_integral as _log_transform
 from .scan import Scan, ScanError
 
@@ -56,15 +56,7 @@ class ScanImportError(ValueError):
 
 # ===================================================================== poses files
 def _num(x, where):
-    if isinstance(x, bool):
-        raise ScanImportError(f"{where}: expected a number, got {x!r}")
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        raise ScanImportError(f"{where}: expected a number, got {x!r}") from None
-    if not math.isfinite(v):
-        raise ScanImportError(f"{where}: must be finite, got {x!r}")
-    return v
+    return finite_number(x, where, ScanImportError)
 
 
 def _csv_value(s: str):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .geometry import GeometryError, View
+from .validate import finite_number
 
 __all__ = ["Shot", "Dropped", "ShotAssembler", "ShotSyncError"]
 
@@ -100,16 +101,6 @@ class _Stream:
             del self.stamps[:i], self.values[:i]
 
 
-def _finite(x, name: str) -> float:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        raise ShotSyncError(f"{name}: expected a number, got {x!r}") from None
-    if not np.isfinite(x):
-        raise ShotSyncError(f"{name}: expected a finite number, got {x}")
-    return x
-
-
 class ShotAssembler:
     """Pairs images with the nearest intrinsics and pose (see the module docstring).
 
@@ -118,9 +109,9 @@ class ShotAssembler:
 
     def __init__(self, max_skew_s: float = 0.05, max_wait_s: float = 1.0, history_s: float = 10.0,
                  max_pending: int = 32):
-        self.max_skew_s = _finite(max_skew_s, "max_skew_s")
-        self.max_wait_s = _finite(max_wait_s, "max_wait_s")
-        self.history_s = _finite(history_s, "history_s")
+        self.max_skew_s = finite_number(max_skew_s, "max_skew_s", ShotSyncError)
+        self.max_wait_s = finite_number(max_wait_s, "max_wait_s", ShotSyncError)
+        self.history_s = finite_number(history_s, "history_s", ShotSyncError)
         if self.max_skew_s < 0:
             raise ShotSyncError(f"max_skew_s must be >= 0, got {max_skew_s}")
         if self.max_wait_s < 0:
@@ -137,7 +128,7 @@ class ShotAssembler:
     # ------------------------------------------------------------------------------------------ inputs
     def add_camera_info(self, stamp: float, K, width: int, height: int, now: float):
         """Intrinsics ``K`` (3x3 pixels) of a ``width`` x ``height`` detector, stamped ``stamp`` (s)."""
-        stamp = _finite(stamp, "camera_info stamp")
+        stamp = finite_number(stamp, "camera_info stamp", ShotSyncError)
         K = np.asarray(K, dtype=np.float64)
         try:  # validate now, so a bad camera_info is refused here and not at every image it would meet
             View(K, np.eye(4), int(width), int(height))
@@ -149,7 +140,7 @@ class ShotAssembler:
 
     def add_pose(self, stamp: float, T_world_source, now: float):
         """Tracked ``T_world_source`` (4x4, mm) stamped ``stamp`` (s)."""
-        stamp = _finite(stamp, "source_pose stamp")
+        stamp = finite_number(stamp, "source_pose stamp", ShotSyncError)
         T = np.asarray(T_world_source, dtype=np.float64)
         try:
             View(np.diag([1.0, 1.0, 1.0]), T, 1, 1)
@@ -162,7 +153,7 @@ class ShotAssembler:
     def add_image(self, stamp: float, image, now: float, tag=None):
         """A detector ``image`` (rows, columns) stamped ``stamp`` (s); ``tag`` comes back with its
         :class:`Shot` or :class:`Dropped`."""
-        stamp = _finite(stamp, "image stamp")
+        stamp = finite_number(stamp, "image stamp", ShotSyncError)
         img = np.asarray(image)
         if img.ndim != 2 or img.size == 0:
             raise ShotSyncError(f"image at {stamp:.6f} s: expected a non-empty 2D array, got shape {img.shape}")

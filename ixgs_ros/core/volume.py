@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Grid", "VolumeError", "MU_WATER", "hu_to_mu", "mu_to_hu", "load_nifti", "save_nifti"]
+__all__ = ["Grid", "VolumeError", "MU_WATER", "hu_to_mu", "mu_to_hu", "load_nifti", "save_nifti", "resample"]
 
 #: Linear attenuation of water near 70 keV effective energy (1/mm).
 MU_WATER = 0.0195
@@ -120,6 +120,24 @@ class Grid:
         (lo, hi), (slo, shi) = other.bounds(), self.bounds()
         return float(max(0.0, np.max(lo - slo), np.max(shi - hi)))
 
+    def padded(self, pad: int) -> "Grid":
+        """This grid grown by ``pad`` voxels on every side (same axes and spacing)."""
+        A = np.array(self.affine, dtype=np.float64)
+        A[:3, 3] = self.index_to_world(np.full(3, -float(pad)))
+        return Grid(tuple(int(s) + 2 * int(pad) for s in self.shape), A)
+
+    def coarsened(self, factor: int) -> "Grid":
+        """A grid over (at least) the same box with voxels ``factor`` times larger along each axis (same axes
+        and centre; ceil(n / factor) voxels per axis)."""
+        factor = int(factor)
+        if factor < 1:
+            raise ValueError(f"coarsening factor must be >= 1, got {factor}")
+        shape = tuple(-(-int(n) // factor) for n in self.shape)
+        A = np.array(self.affine, dtype=np.float64)
+        A[:3, :3] *= factor
+        A[:3, 3] = self.center - A[:3, :3] @ ((np.asarray(shape, dtype=np.float64) - 1.0) / 2.0)
+        return Grid(shape, A)
+
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "affine": self.affine.tolist()}
 
@@ -163,3 +181,33 @@ def save_nifti(path, data, grid: Grid, description: str = "mu [1/mm]") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
     return path
+
+
+def resample(data: np.ndarray, src: Grid, dst: Grid, order: int = 1, cval: float = 0.0,
+             chunk: int = 1 << 21) -> np.ndarray:
+    """Resample ``data`` (on ``src``) onto ``dst`` through the affines: trilinear (``order=1``) or nearest
+    (``order=0``); points outside ``src`` get ``cval``. Returns an array of ``dst.shape`` (data's dtype for
+    nearest, float32 otherwise)."""
+    from scipy.ndimage import map_coordinates
+
+    if data.shape != src.shape:
+        raise VolumeError(f"data shape {data.shape} does not match its grid {src.shape}")
+    M = np.linalg.inv(src.affine) @ dst.affine  # dst index -> src index
+    n = dst.n_voxels
+    out = np.empty(n, dtype=data.dtype if order == 0 else np.float32)
+    vals = data if order == 0 else np.asarray(data, dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        ijk = np.stack(np.unravel_index(np.arange(start, stop), dst.shape), axis=0).astype(np.float64)
+        coords = M[:3, :3] @ ijk + M[:3, 3:4]
+        if order == 0:
+            # nearest with exact half-way rounding away from ambiguity: round the coordinates ourselves
+            r = np.rint(coords).astype(np.int64)
+            inside = np.all((r >= 0) & (r < np.array(src.shape)[:, None]), axis=0)
+            o = np.full(stop - start, cval, dtype=data.dtype)
+            o[inside] = data[r[0, inside], r[1, inside], r[2, inside]]
+            out[start:stop] = o
+        else:
+            out[start:stop] = map_coordinates(vals, coords, order=1, mode="constant", cval=cval,
+                                              prefilter=False)
+    return out.reshape(dst.shape)

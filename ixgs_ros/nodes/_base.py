@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import faulthandler
+import logging
 import signal
 import sys
 import threading
@@ -19,9 +20,8 @@ SPIN_PERIOD_S = 0.1
 
 #: QoS history depth of every shot topic (image_raw, camera_info, xray_views_raw, xray_views), publishers and
 #: subscriptions alike: a whole C-arm session (10-50 shots) fits, so a node that is busy for a while (e.g.
-#: loading RTK, which holds the interpreter for seconds) loses no shot. Measured: a burst of 30 views into a
-#: starting reconstruction_node with depth 10: 10 accepted, 20 lost (the reliable writer overwrites samples not
-#: yet acknowledged); with this depth: all 30 (test_ros_nodes).
+#: loading RTK, which holds the interpreter for seconds) loses no shot: with a shallow queue the reliable writer
+#: overwrites samples not yet acknowledged (test_ros_nodes sends a burst of 30).
 SHOT_QUEUE_DEPTH = 100
 
 #: name -> (default value, description). Defaults live here (one place per node); config/ixgs.yaml
@@ -42,6 +42,27 @@ def declare_parameters(node: Node, spec: ParameterSpec) -> dict[str, Any]:
             raise ValueError(f"parameter {name}: {exc}") from None
         values[name] = node.get_parameter(name).value
     return values
+
+
+class RosLogHandler(logging.Handler):
+    """Routes the ROS-free library's ``logging`` records (logger ``ixgs_ros``) to the node's rosout logger."""
+
+    def __init__(self, node: Node):
+        super().__init__(logging.INFO)
+        self.node = node
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            logger = self.node.get_logger()
+            if record.levelno >= logging.ERROR:
+                logger.error(text)
+            elif record.levelno >= logging.WARNING:
+                logger.warning(text)
+            else:
+                logger.info(text)
+        except Exception:  # a log line must never break the node
+            pass
 
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
@@ -69,6 +90,10 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
         except ValueError as exc:  # bad parameters: one clear line, no traceback
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        handler = RosLogHandler(node)
+        lib_logger = logging.getLogger("ixgs_ros")
+        lib_logger.addHandler(handler)
+        lib_logger.setLevel(logging.INFO)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:

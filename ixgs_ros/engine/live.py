@@ -1,0 +1,464 @@
+"""The live reconstruction policy, ROS-free: views arrive one by one while the engine works.
+
+:class:`LiveSession` owns a :class:`~ixgs_ros.engine.ReconstructionEngine` and decides what to do next; the ROS
+``reconstruction_node`` only converts messages and publishes what the session hands it, and any other front end
+(a test, a replay from files) can drive it the same way.
+
+* :meth:`LiveSession.submit` (any thread, never waits for the engine) checks a view's id and queues it.
+* A worker calls :meth:`LiveSession.work_once` in a loop (:meth:`run`): it hands queued views to the engine
+  (a view the engine refuses is logged and dropped; nothing accepted before is lost), and once ``min_views``
+  training views are in it runs ``engine.step`` in chunks of ``chunk_iterations`` until the schedule's
+  ``iterations`` are done, handing volume snapshots to ``on_volume`` every ``publish_period_s`` (stretched so
+  that snapshots take at most ``snapshot_share`` of the time) and when the schedule ends.
+* The engine initialises from the training views present at its first step; its TV-SART solutions go to
+  ``on_volume`` as previews as soon as they exist. Once the training views reach ``reinit_growth`` times those
+  of the current init, the engine is re-initialised from all of them (3 -> 5 -> 8 -> 12 -> 18 -> 27 views at
+  1.5), so the volume keeps up as shots arrive. After the schedule, a new training view that does not trigger
+  a re-init adds ``refine_iterations`` more at the final learning rate.
+* With ``state_dir`` the engine state and the session's bookkeeping (``live_state.json``: view ids, schedule
+  target) are written after every accepted batch of views, after every snapshot and on :meth:`close`, and
+  restored by :meth:`LiveSession.restore`; a restarted session loses nothing it had accepted.
+* :meth:`stop` ends the worker at the end of the running chunk; an initialisation in progress stops at the end
+  of its current pass and is rolled back (the views stay).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..core.config import flatten
+from ..core.volume import Grid
+from .config import EngineConfig, EngineError
+from .engine import EngineStatus, ReconstructionEngine
+
+__all__ = ["LiveConfig", "LiveSession", "LiveStatus", "VolumeSnapshot", "STATE_FILE"]
+
+_log = logging.getLogger(__name__)
+
+#: The session's bookkeeping beside the engine state in ``state_dir``.
+STATE_FILE = "live_state.json"
+_OLD_STATE_FILE = "node_state.json"  # the same content, as the first node wrote it
+
+
+@dataclass
+class LiveConfig:
+    min_views: int = 3              # training views needed before optimisation starts
+    heldout_views: int = 0          # the first N accepted views are only scored (2D PSNR on them)
+    reinit_growth: float = 1.5      # re-initialise once the training views reach this multiple (0 = never)
+    refine_iterations: int = 50     # iterations added when training views arrive after the schedule (0 = none)
+    publish_period_s: float = 5.0   # volume snapshots while optimising
+    chunk_iterations: int = 5       # iterations per engine.step call (between them: new views, snapshots, stop)
+    snapshot_share: float = 0.2     # snapshots may take at most this share of the worker's time
+
+    def validate(self) -> "LiveConfig":
+        for name, low in (("min_views", 1), ("heldout_views", 0), ("refine_iterations", 0),
+                          ("chunk_iterations", 1)):
+            if int(getattr(self, name)) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not (self.reinit_growth == 0 or self.reinit_growth > 1) or not math.isfinite(self.reinit_growth):
+            raise ValueError(f"reinit_growth must be 0 (never) or > 1, got {self.reinit_growth}")
+        if not self.publish_period_s > 0:
+            raise ValueError(f"publish period must be positive, got {self.publish_period_s}")
+        if not 0 < self.snapshot_share < 1:
+            raise ValueError(f"snapshot_share must be in (0, 1), got {self.snapshot_share}")
+        return self
+
+
+@dataclass(frozen=True)
+class VolumeSnapshot:
+    """A volume handed to ``on_volume``: mu (1/mm) on the session's grid and where it comes from."""
+    mu: object                      # float32 [I, J, K]
+    stage: str                      # preview (an init solution) | gaussian (optimising) | final (schedule done)
+    label: str                      # a sentence for the log
+    view_ids: tuple[str, ...]       # ids of the views it was reconstructed from ("" where none was given)
+    iteration: int
+
+
+@dataclass(frozen=True)
+class LiveStatus:
+    state: str                      # idle | waiting_for_views | optimizing | converged | error
+    message: str
+    views_used: int
+    iterations: int
+    num_gaussians: int
+    loss: float
+    wall_time_s: float
+    heldout_psnr_2d: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Stopped(Exception):
+    """Raised from the engine's progress callback to stop an initialisation at shutdown."""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _default_log(level: str, text: str) -> None:
+    getattr(_log, "warning" if level == "warn" else level)(text)
+
+
+class LiveSession:
+    def __init__(self, grid: Grid, config: EngineConfig, live: LiveConfig | None = None, *, state_dir=None,
+                 on_volume: Callable[[VolumeSnapshot], None] | None = None,
+                 log: Callable[[str, str], None] | None = None, engine: ReconstructionEngine | None = None,
+                 view_ids: list[str] | None = None, target: int | None = None):
+        """Use :meth:`restore` to continue from ``state_dir``; this constructor starts a new reconstruction
+        (``engine``/``view_ids``/``target`` are for :meth:`restore`). ``log(level, text)`` with level debug /
+        info / warn / error receives every message (default: the ``logging`` module)."""
+        self.grid = grid
+        self.live = (live or LiveConfig()).validate()
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.on_volume = on_volume or (lambda snap: None)
+        self.log = log or _default_log
+        self.engine = engine or ReconstructionEngine(grid, config)
+        self.config = self.engine.config
+        self.engine_lock = threading.Lock()  # every engine call holds it
+        self.view_ids: list[str] = list(view_ids or [])  # per engine view index ("" = none given)
+        self.target = target if target is not None else self.config.iterations
+        self._cond = threading.Condition()
+        self._pending: collections.deque = collections.deque()  # (view_id, name, View, image)
+        self._known_ids = {v for v in self.view_ids if v}
+        self._received = len(self.view_ids)
+        self._stop = False
+        self._engine_status: EngineStatus = self.engine.status()
+        self._init_progress: tuple[str, str, int, int] | None = None
+        self._heldout_psnr = math.nan
+        self._error: str | None = None
+        self._last_publish_time: float | None = None
+        self._snapshot_s = 0.0
+        self._stretch_logged = False
+        self._published_iteration = -1
+
+    # ------------------------------------------------------------------------------ persistence
+    @classmethod
+    def restore(cls, state_dir, grid: Grid, config: EngineConfig, live: LiveConfig | None = None, **kwargs):
+        """The session saved in ``state_dir`` when there is one (its engine keeps its saved configuration: a
+        bit-exact continuation; differences to ``config`` are logged), else a new session saving there.
+        ValueError when the state cannot be read or is on another grid."""
+        d = Path(state_dir)
+        log = kwargs.get("log") or _default_log
+        if not (d / "state.json").exists():
+            return cls(grid, config, live, state_dir=d, **kwargs)
+        try:
+            eng = ReconstructionEngine.load(d, device=config.device)
+        except (EngineError, OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"state_dir {str(d)!r}: cannot restore the engine state ({exc}); move it away to "
+                             "start a new reconstruction") from None
+        if eng.grid != grid:
+            raise ValueError(f"state_dir {str(d)!r} holds a reconstruction on grid {eng.grid.shape} with affine "
+                             f"{eng.grid.affine.tolist()}, not the requested grid; change the grid or the "
+                             "state_dir")
+        saved, wanted = flatten(eng.config.to_dict()), flatten(config.to_dict())
+        diff = sorted(k for k in saved if k != "device" and saved[k] != wanted.get(k))
+        if diff:
+            log("warn", f"state_dir {str(d)!r}: continuing with the saved engine configuration, which differs "
+                        "from the parameters in " + ", ".join(f"{k} (saved {saved[k]!r}, parameters {wanted[k]!r})"
+                                                               for k in diff))
+        ids: list[str] = []
+        target = eng.config.iterations
+        side = d / STATE_FILE if (d / STATE_FILE).exists() else d / _OLD_STATE_FILE
+        if side.exists():
+            try:
+                meta = json.loads(side.read_text())
+                ids = [str(v) for v in meta.get("view_ids", [])]
+                target = max(target, int(meta.get("target", target)))
+            except (ValueError, TypeError, AttributeError) as exc:
+                log("warn", f"{side}: unreadable ({exc}); view ids of the restored views are unknown")
+        if len(ids) != len(eng.views):
+            log("warn", f"{side}: {len(ids)} view ids for {len(eng.views)} saved views; the ids of the others "
+                        "are unknown (duplicates of them are not detected)")
+            ids = (ids + [""] * len(eng.views))[: len(eng.views)]
+        st = eng.status()
+        log("info", f"restored {len(eng.views)} views ({st.views_holdout} held out) and {st.iterations} "
+                    f"iterations from {d}")
+        return cls(grid, eng.config, live, state_dir=d, engine=eng, view_ids=ids, target=target, **kwargs)
+
+    def save(self) -> None:
+        """Engine state + bookkeeping into ``state_dir`` (caller holds ``engine_lock``); errors are logged."""
+        if self.state_dir is None:
+            return
+        try:
+            self.engine.save(self.state_dir)
+            tmp = self.state_dir / (STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps({"view_ids": self.view_ids, "target": self.target}))
+            tmp.replace(self.state_dir / STATE_FILE)
+        except Exception as exc:  # a full disk must not stop the reconstruction
+            self.log("error", f"could not save the state to {self.state_dir}: {exc}")
+
+    # ------------------------------------------------------------------------------ input
+    def submit(self, view_id: str, view, image, name: str | None = None) -> str | None:
+        """Queue a view for the worker (thread-safe, never touches the engine). Returns None when queued, else
+        the reason it was refused (a duplicate ``view_id``), which is also logged. ``name`` (for the log) comes
+        from :meth:`next_name` when not given."""
+        name = name or self.next_name(view_id)
+        with self._cond:
+            if view_id and view_id in self._known_ids:
+                why = "duplicate view_id (a view with this id was already accepted)"
+                self.log("error", f"rejected view {name}: {why}")
+                return why
+            if view_id:
+                self._known_ids.add(view_id)
+            self._pending.append((view_id, name, view, image))
+            self._cond.notify_all()
+        return None
+
+    def next_name(self, view_id: str) -> str:
+        """How the log names the next view received: its id, or its number among the views received."""
+        with self._cond:
+            self._received += 1
+            return repr(view_id) if view_id else f"#{self._received - 1} (no view_id)"
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------------------ status
+    def status(self) -> LiveStatus:
+        """The session's state for a status message (no engine call: cached by the worker)."""
+        st = self._engine_status
+        pending = len(self._pending)
+        n_train, n_hold = st.views_used, st.views_holdout
+        base = dict(views_used=n_train, iterations=st.iterations, num_gaussians=st.num_gaussians, loss=st.loss,
+                    wall_time_s=st.wall_time_s, heldout_psnr_2d=self._heldout_psnr)
+        accepted = f"{_plural(n_train + n_hold, 'view')} accepted ({n_train} training, {n_hold} held out)"
+        if pending:
+            accepted += f", {pending} queued"
+        if self._error is not None:
+            return LiveStatus("error", f"{self._error} ({accepted}; a new training view retries)", **base)
+        if n_train + n_hold + pending == 0:
+            return LiveStatus("idle", "no views received", **base)
+        if n_train < self.live.min_views:
+            more = self.live.min_views - n_train
+            return LiveStatus("waiting_for_views", f"{accepted}; waiting for {_plural(more, 'more training view')}",
+                              **base)
+        prog = self._init_progress
+        if prog is not None:
+            what, stage, done, total = prog
+            return LiveStatus("optimizing", f"{accepted}; {what}: {stage} {done}/{total}", **base)
+        if st.num_gaussians == 0:
+            return LiveStatus("optimizing", f"{accepted}; initialising", **base)
+        if st.iterations < self.target or (pending and self.live.refine_iterations > 0):
+            return LiveStatus("optimizing", f"{accepted}; iteration {st.iterations}/{self.target}", **base)
+        return LiveStatus("converged", f"{accepted}; schedule done ({st.iterations} iterations)", **base)
+
+    def snapshot_period(self) -> float:
+        """Seconds between snapshots while optimising: the publish period, stretched so that snapshots take at
+        most ``snapshot_share`` of the time."""
+        share = self.live.snapshot_share
+        return max(self.live.publish_period_s, self._snapshot_s * (1.0 - share) / share)
+
+    # ------------------------------------------------------------------------------ worker
+    def run(self) -> None:
+        """The worker loop: :meth:`work_once` until :meth:`stop`; an unexpected error is reported, never fatal."""
+        while True:
+            with self._cond:
+                if self._stop:
+                    return
+            try:
+                self.work_once()
+            except Exception as exc:  # never let the worker die silently
+                self._error = f"reconstruction worker: {type(exc).__name__}: {exc}"
+                self.log("error", self._error)
+                self._wait(0.5)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """After the worker has ended: add the views that arrived meanwhile and save."""
+        self._take_pending()
+        with self.engine_lock:
+            self.save()
+
+    def _take_pending(self) -> bool:
+        """Hand queued views to the engine; True when a training view was added."""
+        with self._cond:
+            batch = list(self._pending)  # removed below, after the cached status counts them as accepted
+        if not batch:
+            return False
+        added_train = False
+        added = 0
+        with self.engine_lock:
+            eng = self.engine
+            schedule_done = eng.model is not None and eng.iteration >= self.target
+            for vid, name, view, image in batch:
+                holdout = len(eng.holdout_indices) < self.live.heldout_views
+                try:
+                    eng.add_view(view, image, holdout=holdout)
+                except Exception as exc:  # EngineError: bad image; anything else: the view cannot be used
+                    why = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+                    self.log("error", f"rejected view {name}: the engine refused it: {why}")
+                    with self._cond:
+                        self._known_ids.discard(vid)
+                    continue
+                self.view_ids.append(vid)
+                added += 1
+                added_train |= not holdout
+            if added_train and schedule_done and self.live.refine_iterations > 0:
+                self.target = eng.iteration + self.live.refine_iterations
+            self._engine_status = eng.status()
+            with self._cond:
+                for _ in batch:
+                    self._pending.popleft()
+            if added:
+                self.save()
+        if added:
+            st = self._engine_status
+            self.log("info", f"accepted {_plural(added, 'view')}: {st.views_used} training, "
+                             f"{st.views_holdout} held out")
+        return added_train
+
+    def work_once(self) -> None:
+        """One round: take new views, then one chunk of optimisation, one snapshot, a re-init or a short wait."""
+        added_train = self._take_pending()
+        st = self._engine_status
+        if self._error is not None:
+            if not added_train:  # after a failure, a new training view is the reason to try again
+                self._wait(0.5)
+                return
+            self._error = None
+        if self._reinit_due(st):
+            self._reinitialise()
+            return
+        if st.views_used >= self.live.min_views and st.iterations < self.target:
+            self._optimise_chunk(st)
+            return
+        if st.num_gaussians and self._published_iteration != st.iterations:
+            self._safe_snapshot("final")  # e.g. a restored, finished reconstruction: publish it once
+            return
+        self._wait(0.5)
+
+    def _optimise_chunk(self, st: EngineStatus) -> None:
+        if self._last_publish_time is None:  # the snapshot period counts from the start
+            self._last_publish_time = time.monotonic()
+        initialising = st.num_gaussians == 0
+        try:
+            with self.engine_lock:
+                n = min(self.live.chunk_iterations, self.target - self.engine.iteration)
+                new = self.engine.step(n, progress=self._progress_callback(
+                    f"initialising from {st.views_used} training views") if initialising else None,
+                    preview=self._preview if initialising else None)
+        except _Stopped:
+            self.log("info", "initialisation stopped by the shutdown; the views are kept (it starts again from "
+                             "them at the next start when state_dir is set)")
+            return
+        except Exception as exc:
+            self._error = f"optimisation failed: {type(exc).__name__}: {exc}"
+            self.log("error", self._error)
+            return
+        finally:
+            self._init_progress = None
+        if new.iterations < self.target:
+            self._engine_status = new
+            period = self.snapshot_period()
+            if period > self.live.publish_period_s and not self._stretch_logged:
+                self._stretch_logged = True
+                self.log("info", f"a volume snapshot takes {self._snapshot_s:.1f} s: publishing every {period:.1f} "
+                                 f"s instead of {self.live.publish_period_s:g} s, so snapshots take at most "
+                                 f"{100 * self.live.snapshot_share:.0f} % of the optimisation time")
+            if time.monotonic() - self._last_publish_time >= period:
+                self._safe_snapshot("gaussian")
+            return
+        # schedule done: the final volume (and held-out score) goes out before the status says converged
+        self._safe_snapshot("final")
+        self._engine_status = new
+        psnr = "" if math.isnan(self._heldout_psnr) else f", held-out 2D PSNR {self._heldout_psnr:.2f} dB"
+        self.log("info", f"schedule done: {new.iterations} iterations on {new.views_used} training views in "
+                         f"{new.wall_time_s:.1f} s{psnr}")
+
+    def _reinit_due(self, st: EngineStatus) -> bool:
+        g = self.live.reinit_growth
+        return g > 0 and st.num_gaussians > 0 and st.init_views > 0 and st.views_used >= g * st.init_views
+
+    def _reinitialise(self) -> None:
+        """Initialise again from all training views and restart the schedule; the previous volume stays out until
+        the next snapshot, and a failure keeps the previous model."""
+        st = self._engine_status
+        self.log("info", f"re-initialising from {st.views_used} training views (the current volume was "
+                         f"initialised from {st.init_views})")
+        t0 = time.monotonic()
+        try:
+            with self.engine_lock:
+                new = self.engine.reinitialize(progress=self._progress_callback(
+                    f"re-initialising from {st.views_used} training views"))
+                self.target = self.engine.iteration + self.engine.config.iterations
+                self.save()
+        except _Stopped:
+            self.log("info", "re-initialisation stopped by the shutdown; the previous model is kept")
+            return
+        except Exception as exc:
+            self._error = f"re-initialisation failed: {type(exc).__name__}: {exc}"
+            self.log("error", self._error)
+            return
+        finally:
+            self._init_progress = None
+        self._engine_status = new
+        self._safe_snapshot("gaussian")  # the new init's volume goes out at once
+        self.log("info", f"re-initialised in {time.monotonic() - t0:.1f} s; schedule restarted "
+                         f"({self.config.iterations} iterations)")
+
+    def _progress_callback(self, what: str):
+        """The engine's ``progress`` for an (re-)initialisation: shows the stage in the status and stops the
+        initialisation (the engine rolls it back) once the session is stopped."""
+        def progress(stage: str, done: int, total: int) -> None:
+            self._init_progress = (what, stage, done, total)
+            if self._stop:
+                raise _Stopped()
+        return progress
+
+    def _train_ids(self) -> tuple[str, ...]:
+        return tuple(vid for vid, vd in zip(self.view_ids, self.engine.views) if not vd.holdout)
+
+    def _preview(self, mu, label: str) -> None:
+        """The engine's ``preview`` during the first initialisation (worker thread, engine lock held)."""
+        if self._stop:
+            raise _Stopped()
+        try:
+            self.on_volume(VolumeSnapshot(mu, "preview", label, self._train_ids(), self.engine.iteration))
+        except Exception as exc:
+            self.log("debug", f"preview not delivered: {exc}")
+            return
+        self.log("info", f"published a preview volume: the {label}; the Gaussians follow")
+
+    def _snapshot(self, stage: str) -> None:
+        """Volume, held-out score and state save; the volume goes to ``on_volume``."""
+        t0 = time.monotonic()
+        with self.engine_lock:
+            eng = self.engine
+            mu = eng.volume()
+            if eng.holdout_indices:
+                self._heldout_psnr = float(eng.evaluate_holdout().psnr_mean)
+            self._published_iteration = eng.iteration
+            ids, it = self._train_ids(), eng.iteration
+            self.save()
+        try:
+            self.on_volume(VolumeSnapshot(mu, stage, f"{stage} volume at iteration {it}", ids, it))
+        except Exception as exc:  # e.g. the ROS context is shutting down
+            self.log("debug", f"volume not delivered: {exc}")
+        self._last_publish_time = time.monotonic()
+        self._snapshot_s = self._last_publish_time - t0
+
+    def _safe_snapshot(self, stage: str) -> None:
+        try:
+            self._snapshot(stage)
+        except Exception as exc:
+            self._error = f"volume snapshot failed: {type(exc).__name__}: {exc}"
+            self.log("error", self._error)
+
+    def _wait(self, timeout: float) -> None:
+        with self._cond:
+            if not self._stop and not self._pending:
+                self._cond.wait(timeout)

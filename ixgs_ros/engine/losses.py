@@ -1,0 +1,61 @@
+"""Differentiable training losses of R²-Gaussian: L1 + D-SSIM per projection and 3D total variation (torch).
+
+Evaluation metrics (numpy, the field's protocol) live in :mod:`ixgs_ros.evaluation.metrics`."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["gaussian_window", "ssim", "d_ssim", "tv_3d", "projection_loss"]
+
+
+@functools.lru_cache(maxsize=8)
+def _window(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).to(dtype)[None, None]
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32) -> torch.Tensor:
+    return _window(size, sigma, dtype)
+
+
+def ssim(img: torch.Tensor, ref: torch.Tensor, data_range: float | torch.Tensor = 1.0, size: int = 11,
+            sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of two images ``[H, W]`` or ``[B, H, W]`` (Gaussian window, 'valid' borders)."""
+    if img.ndim == 2:
+        img, ref = img[None], ref[None]
+    x, y = img[:, None], ref[:, None]
+    w = gaussian_window(size, sigma, img.dtype).to(img.device)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mx * mx
+    syy = F.conv2d(y * y, w) - my * my
+    sxy = F.conv2d(x * y, w) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return s.mean()
+
+
+def tv_3d(vol: torch.Tensor) -> torch.Tensor:
+    """Mean absolute finite difference along the three axes (anisotropic TV)."""
+    return (vol[1:] - vol[:-1]).abs().mean() + (vol[:, 1:] - vol[:, :-1]).abs().mean() + \
+        (vol[:, :, 1:] - vol[:, :, :-1]).abs().mean()
+
+
+def d_ssim(img: torch.Tensor, ref: torch.Tensor, data_range: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """R²-Gaussian's D-SSIM term: ``1 - SSIM``."""
+    return 1 - ssim(img, ref, data_range=data_range)
+
+
+def projection_loss(pred: torch.Tensor, target: torch.Tensor, lambda_ssim: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L1, L1 + lambda_ssim D-SSIM)`` of one rendered view against its measurement; D-SSIM only where the
+    image is at least as large as its 11-pixel window, with the data range of the measurement."""
+    l1 = (pred - target).abs().mean()
+    loss = l1
+    if lambda_ssim > 0 and min(target.shape) >= 11:
+        loss = loss + lambda_ssim * d_ssim(pred, target, data_range=target.max().clamp_min(1e-6))
+    return l1, loss

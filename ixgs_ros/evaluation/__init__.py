@@ -1,0 +1,1 @@
+"""How good a reconstruction is: the field's metrics, bone-surface accuracy, the RTK baselines and ``ixgs bench``."""

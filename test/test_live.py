@@ -1,0 +1,159 @@
+"""The live session policy (ixgs_ros.engine.live), without ROS: views one by one, previews, re-initialisation,
+refinement, rejection, persistence across a restart, stopping."""
+import json
+
+import numpy as np
+import pytest
+
+from ixgs_ros.core.volume import Grid
+from ixgs_ros.engine.live import STATE_FILE, LiveConfig, LiveSession
+from test_engine import small_config, sphere_views
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return Grid.centered(24, 2.5, (0, 0, 0))
+
+
+class Recorder:
+    def __init__(self):
+        self.volumes, self.logs = [], []
+
+    def on_volume(self, snap):
+        self.volumes.append(snap)
+
+    def log(self, level, text):
+        self.logs.append((level, text))
+
+    def said(self, level, fragment):
+        return [t for lv, t in self.logs if lv == level and fragment in t]
+
+
+def _session(grid, rec, live=None, **kw):
+    cfg = small_config(iterations=10, densify=False)
+    return LiveSession(grid, cfg, live or LiveConfig(min_views=3, chunk_iterations=5, publish_period_s=1e-3),
+                       on_volume=rec.on_volume, log=rec.log, **kw)
+
+
+def _run_until(session, done, rounds=60):
+    for _ in range(rounds):
+        session.work_once()
+        if done():
+            return
+    raise AssertionError(f"not reached after {rounds} rounds: {session.status()}")
+
+
+def test_views_arrive_one_by_one_previews_then_gaussians_then_reinit_and_final(grid):
+    views, images = sphere_views(n=6)
+    rec = Recorder()
+    s = _session(grid, rec)
+    assert s.status().state == "idle"
+    for k in range(2):
+        assert s.submit(f"v{k}", views[k], images[k]) is None
+    s.work_once()
+    st = s.status()
+    assert st.state == "waiting_for_views" and "waiting for 1 more training view" in st.message
+    s.submit("v2", views[2], images[2])
+    _run_until(s, lambda: s.status().state == "converged")
+    stages = [v.stage for v in rec.volumes]
+    assert stages[0] == "preview" and stages[-1] == "final", stages
+    assert rec.volumes[-1].view_ids == ("v0", "v1", "v2") and rec.volumes[-1].mu.shape == grid.shape
+    assert s.engine.status().init_views == 3
+    # 5 >= 1.5 x 3 training views: re-initialised from all of them, then a new schedule
+    for k in (3, 4):
+        s.submit(f"v{k}", views[k], images[k])
+    _run_until(s, lambda: s.engine.status().init_views == 5 and s.status().state == "converged")
+    assert rec.said("info", "re-initialising from 5 training views")
+    assert rec.volumes[-1].view_ids == ("v0", "v1", "v2", "v3", "v4") and rec.volumes[-1].stage == "final"
+    # one more view after the schedule, no re-init due (6 < 7.5): refined at the final rate
+    it = s.engine.iteration
+    s.submit("v5", views[5], images[5])
+    _run_until(s, lambda: s.status().state == "converged" and s.engine.iteration > it)
+    assert s.engine.iteration == it + s.live.refine_iterations and s.engine.status().init_views == 5
+
+
+def test_duplicates_and_bad_views_are_refused_without_losing_accepted_ones(grid):
+    views, images = sphere_views(n=3)
+    rec = Recorder()
+    s = _session(grid, rec)
+    assert s.submit("a", views[0], images[0]) is None
+    assert "duplicate view_id" in s.submit("a", views[1], images[1])
+    s.submit("bad", views[1], images[1][:-2])        # wrong size: the engine refuses it in the worker
+    s.submit("", views[1], images[1])                # no id: accepted, never a duplicate
+    s.submit("", views[2], images[2])
+    s.work_once()
+    assert len(s.engine.views) == 3 and s.view_ids == ["a", "", ""]
+    assert rec.said("error", "rejected view 'bad': the engine refused it")
+    assert s.submit("bad", views[1], images[1]) is None  # a refused id may be sent again
+
+
+def test_heldout_views_are_scored_not_trained(grid):
+    views, images = sphere_views(n=5)
+    rec = Recorder()
+    s = _session(grid, rec, LiveConfig(min_views=3, heldout_views=1, chunk_iterations=10, publish_period_s=1e-3))
+    for k in range(4):
+        s.submit(f"v{k}", views[k], images[k])
+    _run_until(s, lambda: s.status().state == "converged")
+    assert s.engine.holdout_indices == [0] and s.status().views_used == 3
+    assert np.isfinite(s.status().heldout_psnr_2d) and rec.volumes[-1].view_ids == ("v1", "v2", "v3")
+
+
+def test_a_restarted_session_keeps_every_accepted_view_and_its_ids(grid, tmp_path):
+    views, images = sphere_views(n=4)
+    rec = Recorder()
+    s = _session(grid, rec, state_dir=tmp_path)
+    for k in range(2):
+        s.submit(f"v{k}", views[k], images[k])
+    s.work_once()                                     # accepted and saved, not yet optimising
+    meta = json.loads((tmp_path / STATE_FILE).read_text())
+    assert meta["view_ids"] == ["v0", "v1"]
+    # the process dies here; a new session restores what was accepted
+    rec2 = Recorder()
+    s2 = LiveSession.restore(tmp_path, grid, small_config(iterations=10, densify=False),
+                             LiveConfig(min_views=3, publish_period_s=1e-3), on_volume=rec2.on_volume, log=rec2.log)
+    assert s2.view_ids == ["v0", "v1"] and len(s2.engine.views) == 2
+    assert "duplicate" in s2.submit("v1", views[1], images[1])
+    s2.submit("v2", views[2], images[2])
+    _run_until(s2, lambda: s2.status().state == "converged")
+    assert rec2.volumes[-1].view_ids == ("v0", "v1", "v2")
+
+
+def test_restore_refuses_another_grid_and_names_the_state_dir(grid, tmp_path):
+    views, images = sphere_views(n=1)
+    s = _session(grid, Recorder(), state_dir=tmp_path)
+    s.submit("v0", views[0], images[0])
+    s.work_once()
+    with pytest.raises(ValueError, match="holds a reconstruction on grid"):
+        LiveSession.restore(tmp_path, Grid.centered(20, 2.5, (0, 0, 0)), small_config())
+
+
+def test_stop_during_the_initialisation_rolls_it_back_and_keeps_the_views(grid):
+    views, images = sphere_views(n=3)
+    rec = Recorder()
+    s = _session(grid, rec)
+    for k in range(3):
+        s.submit(f"v{k}", views[k], images[k])
+    s.on_volume = lambda snap: s.stop()              # stop at the first preview, inside the initialisation
+    s.work_once()
+    assert s.engine.model is None and len(s.engine.views) == 3
+    assert rec.said("info", "initialisation stopped by the shutdown")
+
+
+def test_live_config_is_validated():
+    for bad in (dict(min_views=0), dict(reinit_growth=0.5), dict(chunk_iterations=0), dict(publish_period_s=0),
+                dict(snapshot_share=1.0)):
+        with pytest.raises(ValueError):
+            LiveConfig(**bad).validate()
+
+
+def test_snapshots_take_at_most_their_share_of_the_worker_time(grid):
+    """The snapshot period stretches when a snapshot (voxelising, held-out score, state save) is slow, so that
+    snapshots take at most ``snapshot_share`` of the worker's time; fast snapshots keep the period."""
+    s = _session(grid, Recorder(), LiveConfig(publish_period_s=5.0))
+    assert s.snapshot_period() == 5.0
+    s._snapshot_s = 0.5
+    assert s.snapshot_period() == 5.0
+    s._snapshot_s = 3.0  # e.g. 128³ with 100k Gaussians on 2 cores
+    period = s.snapshot_period()
+    assert period == pytest.approx(12.0) and s._snapshot_s / (period + s._snapshot_s) == \
+        pytest.approx(s.live.snapshot_share)
