@@ -61,7 +61,9 @@ def render_params(path_lengths, views, params: dict, rng: np.random.Generator, c
     processed ones) and the validity mask (uint8) of ``path_lengths`` seen by ``views`` with the sampled
     ``params`` (:func:`.styles.sample_params`). ``parts``, when a dict, receives float32 stacks of the
     intermediate ``primary`` (collimated), ``scatter``, ``relative`` (detector signal over the flat field,
-    before ADU conversion) and ``metal`` (total metal chord, mm)."""
+    before ADU conversion) and ``metal`` (total metal chord, mm). Each view's entry of ``params["views"]``
+    gets what was derived while rendering: ``photons_flat`` (the exposure control's flat-field quanta per
+    pixel) and, for processed styles, ``window`` (the transfer-curve values mapped to 0 and 1)."""
     views = list(views)
     N, H, W = path_lengths.shape
     if len(views) != N or views[0].shape != (H, W):

@@ -18,7 +18,6 @@ linear attenuation in 1/mm, thicknesses in mm.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -200,10 +199,3 @@ def detector_response(energies, csi_mm: float) -> np.ndarray:
         return np.ones_like(e)
     return 1.0 - np.exp(-linear_attenuation("csi", e) * float(csi_mm))
 
-
-def spectrum_digest(spec: Spectrum) -> str:
-    """Short hash of a spectrum (for parameter records)."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(spec.energies.tobytes())
-    h.update(spec.fluence.tobytes())
-    return h.hexdigest()
