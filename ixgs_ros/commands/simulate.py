@@ -62,6 +62,18 @@ def add_parser(sub):
     g.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the renderer (2-3x faster; auto: for large jobs)")
     g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("realistic C-arm images (ixgs_ros.simulation; docs/xray_physics.md)")
+    g.add_argument("--style", metavar="NAME", default=None,
+                   help="render polychromatic X-ray images with scatter, noise, detector and vendor processing "
+                        "in this style (flatpanel-raw16, flatpanel-processed, ii-8bit, processed-metal; "
+                        "heldout-vendor is held out of training): writes a raw scan with mask.npy and ideal/")
+    g.add_argument("--style-seed", type=int, default=None, help="seed of the style's sampling and noise "
+                                                                 "(default: --seed)")
+    g.add_argument("--crop-z", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="with --style: keep only CT voxels with world z in [LO, HI) mm (the CT's NIfTI frame)")
+    g.add_argument("--style-cache", metavar="DIR", default="default",
+                   help="path-length and spectrum cache (default: $IXGS_XRAY_CACHE or ~/.cache/ixgs_ros/xray; "
+                        "'none' disables it)")
     g.add_argument("--no-preview", action="store_true", help="skip preview.png")
     g.add_argument("--quiet", action="store_true", help="no per-view progress")
     p.set_defaults(func=run)
@@ -105,7 +117,15 @@ def run(args) -> int:
     cfg = config_from_args(args)
     t0 = time.perf_counter()
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = simulate_scan(cfg, progress=say)
+    if args.style is not None:
+        from ixgs_ros.simulation.styled_scan import simulate_styled_scan
+
+        cache = None if str(args.style_cache).lower() == "none" else args.style_cache
+        result = simulate_styled_scan(cfg, args.style, args.style_seed, args.crop_z, cache, progress=say)
+    elif args.crop_z is not None or args.style_seed is not None:
+        raise ValueError("--crop-z and --style-seed need --style NAME")
+    else:
+        result = simulate_scan(cfg, progress=say)
     print(result.summary())
     print(f"ixgs simulate: done in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -5,6 +5,7 @@
     {"format": "ixgs-scan", "version": 1, "units": "mm",
      "image_kind": "line_integral" | "raw",
      "projections": "projections.npy",
+     "mask": "mask.npy",                          # optional: per-pixel validity, uint8 [N, H, W], 1 = valid
      "views": [{"K": [[fx, s, cx], [0, fy, cy], [0, 0, 1]],
                 "T_world_source": [[...4x4 camera-to-world...]],
                 "width": W, "height": H,          # optional; must match the array when present
@@ -14,6 +15,8 @@
 
 ``projections.npy``: float32 ``[N, H, W]``, image ``i`` belongs to ``views[i]``. For ``line_integral`` each
 value is the integral of mu (1/mm) from the source to the pixel centre; ``raw`` holds detector intensities.
+``mask.npy`` (optional, named by ``"mask"``): uint8 ``[N, H, W]`` of 0/1, 0 where a pixel carries no
+information (collimator shutters, saturation, metal, burnt-in overlays); readers that ignore it keep working.
 Conventions of ``K`` / ``T_world_source`` are those of :mod:`ixgs_ros.core.geometry`.
 
 Readers are strict (:class:`ScanError` names the file and field) but keep unknown keys; writers are atomic
@@ -32,18 +35,19 @@ import numpy as np
 
 from .geometry import GeometryError, View, validate_K, validate_pose
 
-__all__ = ["Scan", "ScanError", "FORMAT", "VERSION", "SCAN_JSON", "PROJECTIONS_FILE", "IMAGE_KINDS",
+__all__ = ["Scan", "ScanError", "FORMAT", "VERSION", "SCAN_JSON", "PROJECTIONS_FILE", "MASK_FILE", "IMAGE_KINDS",
            "NEGATIVE_LINE_INTEGRAL_TOL"]
 
 FORMAT = "ixgs-scan"
 VERSION = 1
 SCAN_JSON = "scan.json"
 PROJECTIONS_FILE = "projections.npy"
+MASK_FILE = "mask.npy"
 IMAGE_KINDS = ("line_integral", "raw")
 #: Line integrals below ``-NEGATIVE_LINE_INTEGRAL_TOL`` are rejected (small negatives are noise in air).
 NEGATIVE_LINE_INTEGRAL_TOL = 0.1
 
-_TOP_KEYS = ("format", "version", "units", "image_kind", "projections", "views", "width", "height")
+_TOP_KEYS = ("format", "version", "units", "image_kind", "projections", "views", "width", "height", "mask")
 _VIEW_KEYS = ("K", "T_world_source", "width", "height")
 
 
@@ -77,23 +81,39 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _check_mask(mask, shape, where: str) -> None:
+    """A validity mask must be a uint8 (or bool) array of the projections' shape holding only 0 and 1."""
+    if not isinstance(mask, np.ndarray):
+        raise ScanError(f"{where}: expected a numpy array, got {type(mask).__name__}")
+    if mask.dtype not in (np.uint8, np.bool_):
+        raise ScanError(f"{where}: dtype must be uint8 (0/1), got {mask.dtype}")
+    if mask.shape != tuple(shape):
+        raise ScanError(f"{where}: shape {mask.shape} does not match the projections {tuple(shape)}")
+    if mask.dtype == np.uint8 and mask.size and int(mask.max()) > 1:
+        raise ScanError(f"{where}: values must be 0 or 1, found {int(mask.max())}")
+
+
 @dataclass
 class Scan:
     """A set of X-ray views and their images.
 
     ``views[i]`` belongs to ``projections[i]`` (float32 ``[N, H, W]``); ``image_kind`` is ``"line_integral"``
-    or ``"raw"``; ``extra`` holds the top-level keys of scan.json this version does not interpret.
+    or ``"raw"``; ``extra`` holds the top-level keys of scan.json this version does not interpret; ``mask``
+    is the optional per-pixel validity (uint8 ``[N, H, W]``, 1 = valid; None when the scan has none).
     """
 
     views: list
     projections: np.ndarray
     image_kind: str = "line_integral"
     extra: dict = field(default_factory=dict)
+    mask: np.ndarray | None = None
 
     def __post_init__(self):
         self.views = list(self.views)
         if self.extra is None:
             self.extra = {}
+        if isinstance(self.mask, np.ndarray) and self.mask.dtype == np.bool_:
+            self.mask = self.mask.astype(np.uint8)
 
     def __len__(self) -> int:
         return len(self.views)
@@ -135,6 +155,8 @@ class Scan:
             if (v.height, v.width) != (H, W):
                 raise ScanError(f"{where}: views[{i}]: detector {v.width}x{v.height} (width x height) does not "
                                 f"match the projections image size {W}x{H}")
+        if self.mask is not None:
+            _check_mask(self.mask, p.shape, f"{where}: mask")
         for i in range(p.shape[0]):
             img = np.asarray(p[i])
             if not np.isfinite(img).all():
@@ -228,8 +250,24 @@ class Scan:
                  for K, T, vd in zip(Ks, Ts, views_doc)]
         projections = np.array(mm, dtype=np.float32, order="C")
         del mm
+        mask = None
+        if "mask" in doc:
+            mname = doc["mask"]
+            if not isinstance(mname, str) or not mname:
+                raise ScanError(f"{where}: mask: must be a file name, got {mname!r}")
+            mpath = Path(mname) if Path(mname).is_absolute() else jp.parent / mname
+            if not mpath.is_file():
+                raise ScanError(f"{where}: mask: file not found: {mpath}")
+            try:
+                mask = np.load(mpath, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise ScanError(f"{where}: mask: cannot read {mpath}: {exc}") from None
+            if not isinstance(mask, np.ndarray):
+                raise ScanError(f"{where}: mask: {mpath} is not a single .npy array")
+            _check_mask(mask, projections.shape, f"{where}: mask")
+            mask = np.ascontiguousarray(mask, dtype=np.uint8)
         extra = {k: v for k, v in doc.items() if k not in _TOP_KEYS}
-        return cls(views, projections, kind, extra).validate(negative_tol, where=where)
+        return cls(views, projections, kind, extra, mask).validate(negative_tol, where=where)
 
     def to_json_dict(self) -> dict:
         """The scan.json document of this scan (views carry width/height and their meta)."""
@@ -241,6 +279,8 @@ class Scan:
             views.append(d)
         doc = {"format": FORMAT, "version": VERSION, "units": "mm", "image_kind": self.image_kind,
                "projections": PROJECTIONS_FILE, "views": views}
+        if self.mask is not None:
+            doc["mask"] = MASK_FILE
         doc.update(self.extra)
         return doc
 
@@ -255,6 +295,9 @@ class Scan:
         path.mkdir(parents=True, exist_ok=True)
         arr = np.ascontiguousarray(self.projections, dtype=np.float32)
         _atomic_write(path / PROJECTIONS_FILE, lambda f: np.save(f, arr, allow_pickle=False))
+        if self.mask is not None:
+            m = np.ascontiguousarray(self.mask, dtype=np.uint8)
+            _atomic_write(path / MASK_FILE, lambda f: np.save(f, m, allow_pickle=False))
         _atomic_write(path / SCAN_JSON, lambda f: f.write((text + "\n").encode("utf-8")))
         return path
 
@@ -269,8 +312,9 @@ class Scan:
             raise ScanError("subset: the selection is empty")
         views = [self.views[int(i)] for i in idx]
         views = [View(v.K, v.T_world_source, v.width, v.height, copy.deepcopy(v.meta)) for v in views]
+        mask = np.ascontiguousarray(self.mask[idx]) if self.mask is not None else None
         return Scan(views, np.ascontiguousarray(self.projections[idx]), self.image_kind,
-                    copy.deepcopy(self.extra))
+                    copy.deepcopy(self.extra), mask)
 
     def __repr__(self) -> str:
         shape = getattr(self.projections, "shape", None)

@@ -1,2 +1,3 @@
 """Simulated scans from a real CT: CT loading and vertebra labels, analytic phantoms, C-arm trajectories, exact
-line integrals (``simulate``), and the realistic X-ray physics of real-style images."""
+line integrals (``simulate``), and real-style C-arm images (per-material path lengths, X-ray physics, named
+image styles: ``styles``, ``styled_scan``)."""

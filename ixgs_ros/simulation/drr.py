@@ -19,7 +19,7 @@ import numpy as np
 from ..core.geometry import GeometryError, View
 from ..core.volume import Grid
 
-__all__ = ["RENDERERS", "render_line_integrals"]
+__all__ = ["RENDERERS", "DrrRenderer", "render_line_integrals", "COMPILE_MIN_SAMPLES"]
 
 RENDERERS = ("siddon", "trilinear")
 
@@ -39,7 +39,7 @@ def _support_crop(mu: np.ndarray, grid: Grid) -> tuple[np.ndarray, Grid]:
     return sub, Grid(sub.shape, A)
 
 
-class _Renderer:
+class DrrRenderer:
     """DiffDRR renderer bound to one volume (mu, 1/mm) on one grid (world = grid.affine)."""
 
     def __init__(self, mu: np.ndarray, grid: Grid, renderer: str = "siddon", chunk_mb: float = 256.0,
@@ -167,7 +167,7 @@ def render_line_integrals(mu: np.ndarray, grid: Grid, views: Sequence[View], ren
     if compile == "auto":
         samples = sum(v.width * v.height for v in views) * (sum(grid.shape) + 3)
         compile = samples > COMPILE_MIN_SAMPLES
-    r = _Renderer(mu, grid, renderer, chunk_mb, compile=bool(compile), log=log)
+    r = DrrRenderer(mu, grid, renderer, chunk_mb, compile=bool(compile), log=log)
     for i, v in enumerate(views):
         r.check_in_front(v, i)
     out = np.empty((len(views),) + views[0].shape, dtype=np.float32)

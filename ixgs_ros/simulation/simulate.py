@@ -184,11 +184,12 @@ def _make_roi(cfg: SimulationConfig, ct: CT) -> ROI:
 
 
 def simulate_scan(config: SimulationConfig, progress: Callable[[str], None] | None = None,
-                  ct: CT | None = None) -> SimulationResult:
+                  ct: CT | None = None, render: Callable | None = None) -> SimulationResult:
     """Simulate a scan (see the module docstring). Writes the outputs when ``config.out_dir`` is set.
 
     ``progress(message)`` receives progress lines; ``ct`` may pass an already loaded :class:`CT` (it must be
-    the one ``config.ct_path`` names; its path is recorded)."""
+    the one ``config.ct_path`` names; its path is recorded). ``render`` replaces :func:`render_line_integrals`
+    (same arguments and result; :mod:`ixgs_ros.simulation.styled_scan` renders path lengths through it)."""
     from ..core.scan import Scan
 
     cfg = config.validate()
@@ -227,8 +228,8 @@ def simulate_scan(config: SimulationConfig, progress: Callable[[str], None] | No
     def _progress(i, total, dt):
         say(f"  view {i + 1}/{total}: {dt:.1f} s")
 
-    projections = render_line_integrals(vol, vgrid, views, cfg.renderer, cfg.chunk_mb, _progress,
-                                        compile=cfg.compile, log=say)
+    projections = (render or render_line_integrals)(vol, vgrid, views, cfg.renderer, cfg.chunk_mb, _progress,
+                                                    compile=cfg.compile, log=say)
     timings["render"] = time.perf_counter() - t0
     del mu_ct
 
