@@ -1,0 +1,1 @@
+"""Reconstruction-engine components that run on any torch device (CPU or CUDA)."""
