@@ -190,6 +190,32 @@ def test_voxel_backprojector_conventions(scene):
     assert np.allclose(val[seen], np.clip(u[seen], 0, 19), atol=1e-3)
 
 
+@pytest.mark.parametrize("size", [(20, 15), (1, 7), (9, 1), (1, 1)])
+def test_voxel_backprojector_matches_its_definition(size):
+    """Against a numpy evaluation of the definition: bilinear interpolation clamped to the border pixels at
+    each voxel centre's projection, for centres in front of the source within the detector's outer edges; in
+    slabs (small ``max_voxels``) and on detectors one pixel wide or high."""
+    W, H = size
+    grid = Grid.centered((10, 12, 9), 2.0, CENTER)
+    v = View(np.array([[100.0, 0, (W - 1) / 2 + 0.2], [0, 100.0, (H - 1) / 2 - 0.1], [0, 0, 1]]),
+             look_at(CENTER + [0, -300, 10], CENTER, [0, 0, 1]), W, H, {"sdd": 1000})
+    img = torch.rand(H, W, generator=torch.Generator().manual_seed(W * 100 + H))
+    val = pj.VoxelBackprojector(grid, [v], max_voxels=300)(img, 0).numpy()
+    uv, z = v.project(grid.world_coords())
+    u, r = uv[..., 0], uv[..., 1]
+    inside = (z > 0) & (u >= -0.5) & (u <= W - 0.5) & (r >= -0.5) & (r <= H - 0.5)
+    uc, rc = np.clip(u, 0, W - 1), np.clip(r, 0, H - 1)
+    u0 = np.clip(np.floor(uc).astype(int), 0, max(W - 2, 0))
+    r0 = np.clip(np.floor(rc).astype(int), 0, max(H - 2, 0))
+    fu, fr = uc - u0, rc - r0
+    im = img.numpy().astype(np.float64)
+    g = lambda rr, cc: im[np.clip(rr, 0, H - 1), np.clip(cc, 0, W - 1)]  # noqa: E731
+    ref = (1 - fr) * ((1 - fu) * g(r0, u0) + fu * g(r0, u0 + 1)) \
+        + fr * ((1 - fu) * g(r0 + 1, u0) + fu * g(r0 + 1, u0 + 1))
+    assert inside.any()
+    assert np.abs(val - np.where(inside, ref, 0.0)).max() < 2e-6
+
+
 def test_resample_matches_ct_resample(scene):
     from ixgs_ros.core.ct import resample
 

@@ -30,7 +30,7 @@ import torch
 
 from ..core.geometry import View
 from ..core.volume import Grid, VolumeError
-from .projector import (DEFAULT_MAX_SAMPLES, DEFAULT_STEP, Projector, VoxelBackprojector, _check_views, resample,
+from .projector import (DEFAULT_STEP, Projector, VoxelBackprojector, _check_views, resample,
                         resolve_device)
 
 __all__ = ["tv_denoise", "sart_tv", "refine_inner", "forward_project", "back_project", "tv_schedule", "shuffled_order",
@@ -163,14 +163,14 @@ def sart_tv(views: Sequence[View], projections, solve_grid: Grid, passes: int, t
             tv_iterations: int = 20, tv_weight_map: np.ndarray | None = None, x0: np.ndarray | None = None,
             on_pass: Callable[[int, int], None] | None = None, device=None, order: Sequence[int] | None = None,
             backprojector: str = "voxel", step: float = DEFAULT_STEP,
-            max_samples: int = DEFAULT_MAX_SAMPLES) -> np.ndarray:
+            max_samples: int | None = None) -> np.ndarray:
     """SART passes alternated with TV denoising, as :func:`ixgs_ros.core.rtk_baseline.sart_tv` (same arguments
     and result: float32 ``solve_grid.shape``, world layout), in torch on ``device`` (default CPU).
 
     Each pass sweeps the views, one SART update per view (module docstring; relaxation ``lam``, default 1.3,
     positivity), in ``order`` (a permutation of the view indices, the same every pass; default
-    :func:`shuffled_order`, as RTK shuffles them), then TV-denoises with the pass's weight (``tv_weight`` decaying geometrically to
-    ``tv_weight_final``; ``tv_weight_map`` scales it per voxel), then zeroes the voxels whose centres lie
+    :func:`shuffled_order`, as RTK shuffles them), then TV-denoises with the pass's weight (``tv_weight``
+    decaying geometrically to ``tv_weight_final``; ``tv_weight_map`` scales it per voxel), then zeroes the voxels whose centres lie
     outside ``support``; ``on_pass(k, passes)`` is called after pass ``k``. ``x0`` is the start (clipped at 0).
     Views may have different detector sizes. ``backprojector``: ``"voxel"`` (RTK's) or ``"adjoint"``;
     ``step`` / ``max_samples``: see :class:`~ixgs_ros.engine.projector.Projector`."""
@@ -240,7 +240,7 @@ def refine_inner(views: Sequence[View], projections, solve_grid: Grid, solve_vol
                  fine_grid: Grid, passes: int, *, lam: float = 1.3, tv_weight: float = 0.003,
                  tv_weight_final: float | None = None, tv_iterations: int = 20,
                  on_pass: Callable[[int, int], None] | None = None, device=None,
-                 step: float = DEFAULT_STEP, max_samples: int = DEFAULT_MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+                 step: float = DEFAULT_STEP, max_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-solve the part of a coarse solution inside ``fine_grid`` at its resolution with the rest fixed, as
     :func:`ixgs_ros.core.rtk_baseline.refine_inner` (same arguments and results: ``(fine volume, exterior on
     solve_grid with zeros inside the fine box)``, float32), in torch on ``device``.
