@@ -170,8 +170,9 @@ def sart_tv(views: Sequence[View], projections, solve_grid: Grid, passes: int, t
     Each pass sweeps the views, one SART update per view (module docstring; relaxation ``lam``, default 1.3,
     positivity), in ``order`` (a permutation of the view indices, the same every pass; default
     :func:`shuffled_order`, as RTK shuffles them), then TV-denoises with the pass's weight (``tv_weight``
-    decaying geometrically to ``tv_weight_final``; ``tv_weight_map`` scales it per voxel), then zeroes the voxels whose centres lie
-    outside ``support``; ``on_pass(k, passes)`` is called after pass ``k``. ``x0`` is the start (clipped at 0).
+    decaying geometrically to ``tv_weight_final``; ``tv_weight_map`` scales it per voxel), then zeroes the
+    voxels whose centres lie outside ``support``; ``on_pass(k, passes)`` is called after pass ``k``. ``x0`` is
+    the start (clipped at 0).
     Views may have different detector sizes. ``backprojector``: ``"voxel"`` (RTK's) or ``"adjoint"``;
     ``step`` / ``max_samples``: see :class:`~ixgs_ros.engine.projector.Projector`."""
     views, proj = _check_scan(views, projections)
