@@ -75,26 +75,6 @@ def rb():
     return rtk_baseline
 
 
-def _rtk_view_order(rb, n, stripe=6):
-    """The order in which RTK's SART (a fresh filter, one pass) visits ``n`` views, read off a probe: ``n``
-    copies of one near-parallel view, view ``j`` asking for 1 (times the ray length) in the ``j``-th stripe of
-    columns and 0 elsewhere; with relaxation 1/2 each update halves what was there, so after the pass the
-    ``j``-th stripe holds ``0.5 ** (n + 1 - position of view j)``."""
-    W, H = stripe * n, 4
-    g = Grid.centered((W, H, 4), 1.0, (0, 0, 0))
-    f = 1e5
-    K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
-    v = View(K, look_at([0, 0, -1e5], [0, 0, 0], [0, -1, 0]), W, H, {"sdd": 2e5})
-    L = rb.forward_project(np.ones(g.shape, np.float32), g, [v], pad=0)[0]
-    stripes = np.arange(W) // stripe
-    x = rb.sart_tv([v] * n, np.stack([L * (stripes == j)[None] for j in range(n)]).astype(np.float32), g, 1, 0.0,
-                   lam=0.5)
-    col = np.rint(v.project(g.world_coords().reshape(-1, 3))[0][:, 0]).astype(int)
-    pos = [n + 1 + np.log2(np.median(x.reshape(-1)[col == j * stripe + stripe // 2])) for j in range(n)]
-    assert np.allclose(pos, np.rint(pos), atol=0.05) and sorted(np.rint(pos).astype(int)) == list(range(1, n + 1))
-    return [int(i) for i in np.argsort(pos)]
-
-
 # ------------------------------------------------------------------------------------------ projector
 @pytest.mark.parametrize("name", list(GRIDS))
 def test_forward_projection_matches_chords_and_rtk(name, scene, rb):
@@ -256,7 +236,7 @@ def _residual(rb, x, grid, views, proj):
 @pytest.mark.parametrize("name", list(GRIDS))
 def test_sart_tv_matches_rtk(name, scene, rb):
     grid, views, proj = GRIDS[name], scene["views"], scene["proj"]
-    order = _rtk_view_order(rb, len(views))
+    order = st.rtk_view_order(len(views))
     wmap = 1.0 + rb.view_counts(views, grid) / len(views)
     kw = dict(tv_weight_final=0.002, tv_weight_map=wmap)
     ref = rb.sart_tv(views, proj, grid, 3, 0.02, **kw)
@@ -282,7 +262,7 @@ def test_sart_tv_single_view_update_is_rtks(scene, rb):
 
 def test_sart_tv_options_match_rtk(scene, rb):
     grid, views, proj = scene["grid"], scene["views"], scene["proj"]
-    order = _rtk_view_order(rb, len(views))
+    order = st.rtk_view_order(len(views))
     support = Grid.centered((24, 24, 24), 1.5, CENTER)
     x0 = scene["vol"] * 0.5 - 0.002
     ref = rb.sart_tv(views, proj, grid, 2, 0.01, support=support, x0=x0, lam=0.9, tv_iterations=10)

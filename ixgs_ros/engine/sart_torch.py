@@ -33,8 +33,8 @@ from ..core.volume import Grid, VolumeError
 from .projector import (DEFAULT_STEP, Projector, VoxelBackprojector, _check_views, resample,
                         resolve_device)
 
-__all__ = ["tv_denoise", "sart_tv", "refine_inner", "forward_project", "back_project", "tv_schedule", "shuffled_order",
-           "DEFAULT_SART_LAMBDA", "RAY_LENGTH_THRESHOLD"]
+__all__ = ["tv_denoise", "sart_tv", "refine_inner", "forward_project", "back_project", "tv_schedule",
+           "shuffled_order", "rtk_view_order", "DEFAULT_SART_LAMBDA", "RAY_LENGTH_THRESHOLD"]
 
 #: SART relaxation when ``lam`` is None (rtk_baseline.DEFAULT_LAMBDA["sart"]).
 DEFAULT_SART_LAMBDA = 1.3
@@ -61,6 +61,36 @@ def shuffled_order(n: int, seed: int = 0) -> list[int]:
     shuffles the views too (its own generator, so another permutation): consecutive updates then come from
     views far apart on an arc, which are less redundant than neighbours."""
     return [int(i) for i in np.random.default_rng(seed).permutation(int(n))]
+
+
+def rtk_view_order(n: int, stripe: int = 6) -> list[int]:
+    """The order in which RTK's SART (:func:`ixgs_ros.core.rtk_baseline.sart_tv`, a fresh filter per pass)
+    visits ``n`` views, for parity checks: pass it as :func:`sart_tv`'s ``order``. Needs itk-rtk (imported
+    here only). Read off a probe: ``n`` copies of one near-parallel view, view ``j`` asking for 1 (times the
+    ray length) in the ``j``-th stripe of detector columns and 0 elsewhere; with relaxation 1/2 every update
+    halves what the earlier ones left, so after one pass the ``j``-th stripe holds ``0.5 ** (n + 1 - p_j)``
+    with ``p_j`` view ``j``'s position in the order."""
+    from ..core import rtk_baseline as rb
+
+    n = int(n)
+    W, H = stripe * n, 4
+    g = Grid.centered((W, H, 4), 1.0, (0, 0, 0))
+    f = 1e5
+    K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, 1], T[:3, 3] = [0.0, -1.0, 0.0], [0.0, 0.0, -1e5]
+    T[:3, 0] = np.cross(T[:3, 1], T[:3, 2])
+    v = View(K, T, W, H, {"sdd": 2e5})
+    L = rb.forward_project(np.ones(g.shape, np.float32), g, [v], pad=0)[0]
+    stripes = np.arange(W) // stripe
+    p = np.stack([L * (stripes == j)[None] for j in range(n)]).astype(np.float32)
+    x = rb.sart_tv([v] * n, p, g, 1, 0.0, lam=0.5).reshape(-1)
+    col = np.rint(v.project(g.world_coords().reshape(-1, 3))[0][:, 0]).astype(int)
+    pos = np.array([n + 1 + np.log2(max(float(np.median(x[col == j * stripe + stripe // 2])), 1e-30))
+                    for j in range(n)])
+    if not (np.allclose(pos, np.rint(pos), atol=0.05) and sorted(np.rint(pos).astype(int)) == list(range(1, n + 1))):
+        raise RuntimeError(f"could not read RTK's view order off the probe (positions {pos.round(3).tolist()})")
+    return [int(i) for i in np.argsort(pos)]
 
 
 # ---------------------------------------------------------------------------------------------- TV
