@@ -178,12 +178,14 @@ class Projector:
         return self._rays[i].chord
 
     def _volume(self, volume: torch.Tensor) -> torch.Tensor:
-        if tuple(volume.shape) != tuple(self.grid.shape):
-            raise ValueError(f"volume has shape {tuple(volume.shape)}, expected {tuple(self.grid.shape)}")
+        """``[1, C, ...]`` padded float32 volume(s) on the device from ``[I, J, K]`` or ``[C, I, J, K]``."""
+        if tuple(volume.shape[-3:]) != tuple(self.grid.shape) or volume.ndim not in (3, 4):
+            raise ValueError(f"volume has shape {tuple(volume.shape)}, expected {tuple(self.grid.shape)} "
+                             "(or channels in front)")
         v = volume.to(device=self.device, dtype=torch.float32)
         if self.pad:
             v = F.pad(v, (self.pad,) * 6)
-        return v[None, None]
+        return v[None] if v.ndim == 4 else v[None, None]
 
     def _samples(self, r: _Rays, a: int, b: int, S: int):
         """grid_sample coordinates ``[1, 1, b - a, S, 3]`` of a chunk and which of them are samples (``[b - a, S]``,
@@ -194,16 +196,19 @@ class Projector:
         return pts[None, None], mask
 
     def forward(self, volume: torch.Tensor, i: int) -> torch.Tensor:
-        """Line integrals ``[H, W]`` of ``volume`` (``[I, J, K]``, mu in 1/mm) along the rays of view ``i``.
-        Differentiable with respect to ``volume``."""
+        """Line integrals ``[H, W]`` of ``volume`` (``[I, J, K]``, mu in 1/mm) along the rays of view ``i``, or
+        ``[C, H, W]`` for ``C`` volumes ``[C, I, J, K]`` (one pass over the samples). Differentiable with respect
+        to ``volume``."""
         r = self._rays[i]
         vol = self._volume(volume)
-        out = torch.zeros(r.shape[0] * r.shape[1], device=self.device, dtype=vol.dtype)
+        C = vol.shape[1]
+        out = torch.zeros((r.shape[0] * r.shape[1], C), device=self.device, dtype=vol.dtype)
         for a, b, S in r.chunks:
             pts, mask = self._samples(r, a, b, S)
-            val = F.grid_sample(vol, pts, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0, 0]
-            out = out.index_put((r.order[a:b],), (val * mask).sum(-1) * r.length[a:b])
-        return out.reshape(r.shape)
+            val = F.grid_sample(vol, pts, mode="bilinear", padding_mode="zeros", align_corners=True)[0, :, 0]
+            out = out.index_put((r.order[a:b],), ((val * mask).sum(-1) * r.length[a:b]).T)
+        out = out.T.reshape((C,) + r.shape)
+        return out if volume.ndim == 4 else out[0]
 
     __call__ = forward
 

@@ -63,32 +63,32 @@ def shuffled_order(n: int, seed: int = 0) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).permutation(int(n))]
 
 
-def rtk_view_order(n: int, stripe: int = 6) -> list[int]:
+def rtk_view_order(n: int, stripe: int = 6, lam: float = 0.1) -> list[int]:
     """The order in which RTK's SART (:func:`ixgs_ros.core.rtk_baseline.sart_tv`, a fresh filter per pass)
     visits ``n`` views, for parity checks: pass it as :func:`sart_tv`'s ``order``. Needs itk-rtk (imported
-    here only). Read off a probe: ``n`` copies of one near-parallel view, view ``j`` asking for 1 (times the
-    ray length) in the ``j``-th stripe of detector columns and 0 elsewhere; with relaxation 1/2 every update
-    halves what the earlier ones left, so after one pass the ``j``-th stripe holds ``0.5 ** (n + 1 - p_j)``
-    with ``p_j`` view ``j``'s position in the order."""
+    here only). Read off a probe: ``n`` copies of one parallel-like view (source 1e7 mm away), view ``j``
+    asking for 1 (times the ray length) in the ``j``-th stripe of detector columns and 0 elsewhere. From zero,
+    with relaxation ``lam`` each update moves a stripe ``lam`` of the way to what the view asks, so after one
+    pass the ``j``-th stripe holds ``lam * (1 - lam) ** (n - p_j)``, ``p_j`` being view ``j``'s position."""
     from ..core import rtk_baseline as rb
 
     n = int(n)
     W, H = stripe * n, 4
     g = Grid.centered((W, H, 4), 1.0, (0, 0, 0))
-    f = 1e5
-    K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+    d = 1e7
+    K = np.array([[d, 0, (W - 1) / 2], [0, d, (H - 1) / 2], [0, 0, 1]])
     T = np.eye(4)
-    T[:3, 1], T[:3, 3] = [0.0, -1.0, 0.0], [0.0, 0.0, -1e5]
+    T[:3, 1], T[:3, 3] = [0.0, -1.0, 0.0], [0.0, 0.0, -d]
     T[:3, 0] = np.cross(T[:3, 1], T[:3, 2])
-    v = View(K, T, W, H, {"sdd": 2e5})
+    v = View(K, T, W, H, {"sdd": 2 * d})
     L = rb.forward_project(np.ones(g.shape, np.float32), g, [v], pad=0)[0]
     stripes = np.arange(W) // stripe
     p = np.stack([L * (stripes == j)[None] for j in range(n)]).astype(np.float32)
-    x = rb.sart_tv([v] * n, p, g, 1, 0.0, lam=0.5).reshape(-1)
+    x = rb.sart_tv([v] * n, p, g, 1, 0.0, lam=lam).reshape(-1)
     col = np.rint(v.project(g.world_coords().reshape(-1, 3))[0][:, 0]).astype(int)
-    pos = np.array([n + 1 + np.log2(max(float(np.median(x[col == j * stripe + stripe // 2])), 1e-30))
-                    for j in range(n)])
-    if not (np.allclose(pos, np.rint(pos), atol=0.05) and sorted(np.rint(pos).astype(int)) == list(range(1, n + 1))):
+    val = np.array([max(float(np.median(x[col == j * stripe + stripe // 2])), 1e-30) for j in range(n)])
+    pos = n - np.log(val / lam) / np.log(1.0 - lam)
+    if not (np.abs(pos - np.rint(pos)).max() < 0.25 and sorted(np.rint(pos).astype(int)) == list(range(1, n + 1))):
         raise RuntimeError(f"could not read RTK's view order off the probe (positions {pos.round(3).tolist()})")
     return [int(i) for i in np.argsort(pos)]
 
@@ -305,9 +305,13 @@ def refine_inner(views: Sequence[View], projections, solve_grid: Grid, solve_vol
         ones = torch.ones(tuple(solve_grid.shape), device=dev)
         ext = torch.from_numpy(exterior).to(dev)
         floor = float(np.min(fine_grid.spacing))
-        inv_len = [1.0 / S.forward(ones, i).clamp(min=floor) for i in range(len(views))]
-        res0 = [torch.from_numpy(q).to(dev) - S.forward(ext, i) for i, q in enumerate(proj)]
-        del S, ones, ext
+        both = torch.stack([ones, ext])
+        inv_len, res0 = [], []
+        for i, q in enumerate(proj):
+            lengths, exterior_proj = S.forward(both, i)
+            inv_len.append(1.0 / lengths.clamp(min=floor))
+            res0.append(torch.from_numpy(q).to(dev) - exterior_proj)
+        del S, ones, ext, both
         A = Projector(fine_grid, views, device=dev, pad=1, step=step, max_samples=max_samples)
         inv_norm = [1.0 / A.adjoint(torch.ones((v.height, v.width), device=dev), i).clamp(min=1e-6)
                     for i, v in enumerate(views)]
