@@ -367,3 +367,18 @@ def test_engine_modules_do_not_import_itk():
     code = ("import sys, ixgs_ros.engine.sart_torch, ixgs_ros.engine.projector; "
             "bad = [m for m in sys.modules if m == 'itk' or m.startswith('itk.')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_benchmark_script_runs_without_rtk(tmp_path):
+    import json
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_init_solvers import main
+
+    out = tmp_path / "b.json"
+    assert main(["--views", "3", "--detector", "16", "--grid", "12", "--passes", "2", "--refine-passes", "2",
+                 "--no-rtk", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["sart"]["torch_s_per_pass"] > 0 and res["refine_inner"]["torch_s_per_pass"] > 0
+    assert 0 < res["sart"]["torch_residual"] < 1
