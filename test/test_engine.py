@@ -904,3 +904,30 @@ def test_first_initialisation_previews_its_intermediate_solutions_on_the_output_
     with pytest.raises(_Stop, match="coarse TV-SART"):
         fresh.step(1, preview=stop)
     assert fresh.model is None and fresh._exterior is None
+
+
+def test_the_torch_init_solver_runs_the_whole_engine_close_to_rtk(monkeypatch):
+    """``init.solver: torch`` (the solver of a machine without RTK, e.g. a GPU one) runs the whole full-body
+    cascade (coarse solve, fine re-solve, the exterior's backgrounds) and gives a volume close to RTK's; ``auto``
+    picks RTK on the CPU when RTK is installed and torch when it is not."""
+    from ixgs_ros.engine import init_solve
+
+    roi = Grid.centered(16, 2.5, (0, 0, 0))
+    views = make_views(n=10, seed=2)
+    images = [a + b for a, b in zip(sphere_projection(views, 12.0), sphere_projection(views, 30.0, (55.0, 0, 0)))]
+    vols = {}
+    for solver in ("rtk", "torch"):
+        eng = ReconstructionEngine(roi, small_config(**{"init.solver": solver, "init_solve_max_voxels": 20 ** 3,
+                                                        "init_fine_passes": 2, "iterations": 5}))
+        for v, im in zip(views, images):
+            eng.add_view(v, im)
+        eng.step(5)
+        assert eng._exterior is not None and all(vd.background is not None for vd in eng.views)
+        vols[solver] = eng.volume()
+    gt = sphere_volume(roi, radius=12.0)
+    rel = float(np.linalg.norm(vols["torch"] - vols["rtk"]) / np.linalg.norm(vols["rtk"]))
+    err = {k: float(np.sqrt(((v - gt) ** 2).mean())) for k, v in vols.items()}
+    assert rel < 0.1 and err["torch"] < 1.05 * err["rtk"], (rel, err)  # the projectors differ by about 1 %
+    assert init_solve.make_solver(small_config()).name == "rtk"
+    monkeypatch.setattr(init_solve, "rtk_available", lambda: False)
+    assert init_solve.make_solver(small_config()).name == "torch"

@@ -30,7 +30,8 @@ class EngineError(ValueError):
 @dataclass
 class InitConfig:
     """The TV-SART solve the Gaussians start from (:mod:`ixgs_ros.engine.init_solve`)."""
-    solver: Literal["rtk"] = "rtk"    # the SART implementation (RTK's, on the CPU)
+    solver: Literal["auto", "rtk", "torch"] = "auto"  # SART implementation: RTK (CPU) | torch (any device) |
+                                      # auto: torch on CUDA or without RTK, else RTK
     passes: int = 48                  # SART sweeps over all views, each followed by 3D TV denoising
     tv_weight: float = 0.03           # TV weight of the first pass (0 = plain SART)
     tv_weight_final: float | None = 0.003  # decays geometrically to this at the last pass (None: constant)
@@ -122,7 +123,7 @@ class EngineConfig:
     # ------------------------------------------------------------------ checks
     def validate(self) -> "EngineConfig":
         """Range checks across fields; raises :class:`EngineError` naming the field. Returns self."""
-        from .init_solve import tv_schedule
+        from .tv import tv_schedule
 
         def need(ok: bool, msg: str):
             if not ok:

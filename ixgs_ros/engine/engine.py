@@ -152,10 +152,8 @@ class ReconstructionEngine:
         """Normalised line integrals of the fixed exterior for ``views``."""
         if self._exterior is None:
             return [None] * len(views)
-        from ..core.rtk import forward_project
-
         vol, grid = self._exterior
-        proj = forward_project(vol, grid, views) / self.frame.projection_scale
+        proj = init_solve.make_solver(self.config).forward_project(vol, grid, views) / self.frame.projection_scale
         return [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)).to(self.device) for p in proj]
 
     def _ensure_backgrounds(self):
@@ -280,10 +278,10 @@ class ReconstructionEngine:
             if passes:
                 self._report(stage, 0, passes)
             e = cfg.exterior
-            roi, outside = init_solve.refine_inner(views, proj, solve, sol, fine_grid, passes, lam=e.refine_relaxation,
-                                                   tv_weight=e.refine_tv_weight,
-                                                   tv_weight_final=e.refine_tv_weight_final,
-                                                   on_pass=lambda k, n: self._report(stage, k, n))
+            refine = init_solve.make_solver(cfg).refine_inner
+            roi, outside = refine(views, proj, solve, sol, fine_grid, passes, lam=e.refine_relaxation,
+                                  tv_weight=e.refine_tv_weight, tv_weight_final=e.refine_tv_weight_final,
+                                  on_pass=lambda k, n: self._report(stage, k, n))
             self._exterior = (outside, solve)
             if passes:
                 self._show(roi, fine_grid, f"{stage} solution from {len(views)} views")

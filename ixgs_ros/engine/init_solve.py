@@ -30,70 +30,14 @@ import numpy as np
 
 from ..core.geometry import View
 from ..core.radiograph import bin_view
-from ..core.rtk import (canonical_frame, check_projections, check_views, forward_project, back_project, image_to_np, np_to_image,
-                        sart_filter, set_threads, to_rtk_geometry)
+from ..core.rtk import (back_project, canonical_frame, check_projections, check_views, forward_project, image_to_np,
+                        np_to_image, sart_filter, set_threads, to_rtk_geometry)
 from ..core.solve_grid import coarse_binning, default_solve_grid, view_counts
 from ..core.volume import Grid, VolumeError, resample
+from .tv import tv_denoise, tv_schedule
 
-__all__ = ["InitSolve", "init_tv_sart", "init_passes", "fine_box", "sart_tv", "refine_inner", "tv_denoise",
+__all__ = ["Solver", "make_solver", "InitSolve", "init_tv_sart", "init_passes", "fine_box", "sart_tv", "refine_inner", "tv_denoise",
            "tv_schedule"]
-
-
-def tv_schedule(passes: int, tv_weight: float, tv_weight_final: float | None = None) -> list[float]:
-    """The TV weight of each of :func:`sart_tv`'s ``passes``: constant ``tv_weight``, or decaying geometrically
-    from it to ``tv_weight_final``. ValueError for a negative weight, or one that is zero at one end only."""
-    final = tv_weight if tv_weight_final is None else tv_weight_final
-    if tv_weight < 0 or final < 0 or (tv_weight == 0) != (final == 0):
-        raise ValueError(f"TV weights must be >= 0, and zero at both ends or at neither "
-                         f"(tv_weight={tv_weight}, tv_weight_final={tv_weight_final})")
-    passes = int(passes)
-    if final == tv_weight or passes < 2:
-        return [float(tv_weight)] * passes
-    return [float(w) for w in np.geomspace(tv_weight, final, passes)]
-
-
-def tv_denoise(x: np.ndarray, weight: float, iterations: int = 20, *,
-               weight_map: np.ndarray | None = None) -> np.ndarray:
-    """3D total-variation denoising of ``x`` scaled to its maximum: ``iterations`` steps of the primal-dual
-    algorithm of Chambolle & Pock (2011, ROF model ``min_u 1/2 |u - f|^2 + weight * TV(u)``, isotropic TV with
-    forward differences and Neumann boundary, step sizes tau = 1/4, sigma = 1/3 so that tau * sigma * 12 = 1),
-    from ``u = f``; the result is scaled back. ``weight = 0`` returns ``x`` unchanged. ``weight_map`` (>= 0,
-    the shape of ``x``) makes the TV weighted: voxel i's term is ``weight * weight_map[i] * |grad u|_i``
-    (e.g. smaller at edges, as in iteratively reweighted TV; ``experiments/fine_prior_sweep.py``).
-
-    Runs in torch (float32, the threads torch uses)."""
-    if weight < 0:
-        raise ValueError(f"TV weight must be >= 0, got {weight}")
-    if weight == 0:
-        return x
-    import torch
-
-    scale = max(float(np.max(x)), 1e-12)
-    f = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) / scale
-    tau, sigma, w = 0.25, 1.0 / 3.0, float(weight)
-    if weight_map is not None:
-        weight_map = np.asarray(weight_map, dtype=np.float32)
-        if weight_map.shape != x.shape or not (weight_map >= 0).all():
-            raise ValueError(f"weight_map must be >= 0 with the shape of x {x.shape}, got shape {weight_map.shape}")
-        # a zero bound would divide by zero below; 1e-12 holds the dual variable at zero there just as well
-        w = torch.from_numpy(np.maximum(weight_map, 1e-12 / w)) * w
-    u, ub = f.clone(), f.clone()
-    p = torch.zeros((x.ndim,) + tuple(x.shape), dtype=torch.float32)
-    for _ in range(int(iterations)):
-        for a in range(x.ndim):  # p += sigma * grad(ub)
-            n = ub.shape[a]
-            p[a].narrow(a, 0, n - 1).add_(ub.narrow(a, 1, n - 1) - ub.narrow(a, 0, n - 1), alpha=sigma)
-        p.div_(p.square().sum(0).sqrt_().div_(w).clamp_(min=1.0))  # project onto |p| <= weight
-        d = torch.zeros_like(f)  # div p = -grad^T p
-        for a in range(x.ndim):
-            n = d.shape[a]
-            pa = p[a].narrow(a, 0, n - 1)
-            d.narrow(a, 0, n - 1).add_(pa)
-            d.narrow(a, 1, n - 1).sub_(pa)
-        u_new = (u + tau * d + tau * f) / (1.0 + tau)
-        ub = 2.0 * u_new - u
-        u = u_new
-    return (u * scale).numpy().astype(np.float32)
 
 
 def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, passes: int, tv_weight: float, *,
@@ -205,6 +149,42 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
     return np.ascontiguousarray(x, dtype=np.float32), exterior
 
 
+# ---------------------------------------------------------------------------------------------- solvers
+@dataclass(frozen=True)
+class Solver:
+    """The SART implementation an initialisation uses: ``sart_tv``, ``refine_inner`` and ``forward_project`` with
+    the signatures of this module's (RTK) ones."""
+    name: str
+    sart_tv: Callable
+    refine_inner: Callable
+    forward_project: Callable
+
+
+def rtk_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("itk") is not None
+
+
+def make_solver(cfg) -> Solver:
+    """The solver ``cfg.init.solver`` names (``cfg`` an EngineConfig): ``rtk`` (RTK's SART and Joseph projector,
+    CPU), ``torch`` (:mod:`ixgs_ros.engine.sart_torch` on ``cfg.device``), or ``auto``: torch on a CUDA device
+    or where RTK is not installed, else RTK."""
+    name = cfg.init.solver
+    if name == "auto":
+        name = "torch" if str(cfg.device).startswith("cuda") or not rtk_available() else "rtk"
+    if name == "rtk":
+        return Solver("rtk", sart_tv, refine_inner, forward_project)
+    import functools
+
+    from . import sart_torch
+
+    dev = cfg.device
+    return Solver("torch", functools.partial(sart_torch.sart_tv, device=dev),
+                  functools.partial(sart_torch.refine_inner, device=dev),
+                  functools.partial(sart_torch.forward_project, device=dev))
+
+
 # ---------------------------------------------------------------------------------------------- the cascade
 @dataclass
 class InitSolve:
@@ -257,9 +237,9 @@ def _binned(views, proj, level: Grid, binning: int):
 def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | None = None) -> InitSolve:
     """The TV-SART solve the engine starts from (see the module docstring): ``views`` (world frame) and ``proj``
     their line integrals, ``grid`` the ROI, ``cfg`` an EngineConfig. ``progress(stage, done, total)`` as in
-    :meth:`ReconstructionEngine.step`. ``sart`` replaces :func:`sart_tv` (same signature), e.g. by a solve with
-    a support mask in an experiment."""
-    sart = sart or sart_tv
+    :meth:`ReconstructionEngine.step`. ``sart`` replaces the configured solver's ``sart_tv`` (same signature),
+    e.g. by a solve with a support mask in an experiment."""
+    sart = sart or make_solver(cfg).sart_tv
     ini, ext = cfg.init, cfg.exterior
     solve = default_solve_grid(views, grid, projections=proj, max_voxels=ini.solve_max_voxels)
     # a solve grid that is just the ROI and a thin margin means no material outside the ROI (ROI-only views):
