@@ -557,6 +557,17 @@ class View:
     __hash__ = None
 
 
+def check_view_list(views, error: type[Exception] = GeometryError) -> list["View"]:
+    """``views`` as a non-empty list of :class:`View`, else ``error`` naming the first bad entry."""
+    views = list(views)
+    if not views:
+        raise error("no views given")
+    for i, v in enumerate(views):
+        if not isinstance(v, View):
+            raise error(f"views[{i}] is not a View ({type(v).__name__})")
+    return views
+
+
 def views_bounding_sphere(views: Iterable[View]) -> tuple[np.ndarray, float]:
     """Rough centre/radius of the region all principal axes point at (least-squares ray intersection)."""
     A = np.zeros((3, 3))

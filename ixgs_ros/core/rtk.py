@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .geometry import GeometryError, View
+from .geometry import GeometryError, View, check_view_list
 from .volume import Grid, VolumeError
 
 __all__ = ["RTKUnavailableError", "import_rtk", "preload", "set_threads", "CanonicalFrame", "canonical_frame",
@@ -204,12 +204,8 @@ class RTKGeometry:
 
 
 def check_views(views: Sequence[View]) -> list[View]:
-    views = list(views)
-    if not views:
-        raise GeometryError("no views given")
-    for i, v in enumerate(views):
-        if not isinstance(v, View):
-            raise GeometryError(f"views[{i}] is not a View ({type(v).__name__})")
+    """``views`` when one RTK projection stack can hold them (one detector size, no skew)."""
+    views = check_view_list(views)
     W, H = views[0].width, views[0].height
     for i, v in enumerate(views):
         if (v.width, v.height) != (W, H):

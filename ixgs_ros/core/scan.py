@@ -67,6 +67,17 @@ def _jsonable(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def _check_stack(a: np.ndarray, n_views: int, where: str, holder: str) -> tuple[int, int, int]:
+    """``(N, H, W)`` of a projection stack: a float32 [N, H, W] array with one image per view."""
+    if a.ndim != 3:
+        raise ScanError(f"{where}: projections: expected a float32 array [N, H, W], got shape {a.shape}")
+    if a.dtype != np.float32:
+        raise ScanError(f"{where}: projections: dtype must be float32, got {a.dtype}")
+    if a.shape[0] != n_views:
+        raise ScanError(f"{where}: views: {n_views} view(s) but {holder} {a.shape[0]} image(s)")
+    return tuple(int(x) for x in a.shape)
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write ``path`` through a temporary file in the same directory, fsync, then rename over it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -144,13 +155,7 @@ class Scan:
         p = self.projections
         if not isinstance(p, np.ndarray):
             raise ScanError(f"{where}: projections: expected a numpy array, got {type(p).__name__}")
-        if p.ndim != 3:
-            raise ScanError(f"{where}: projections: expected a 3D array [N, H, W], got shape {p.shape}")
-        if p.dtype != np.float32:
-            raise ScanError(f"{where}: projections: dtype must be float32, got {p.dtype}")
-        if p.shape[0] != len(self.views):
-            raise ScanError(f"{where}: views: {len(self.views)} view(s) but the projections hold {p.shape[0]} image(s)")
-        H, W = p.shape[1:]
+        _, H, W = _check_stack(p, len(self.views), where, "the projections hold")
         for i, v in enumerate(self.views):
             if (v.height, v.width) != (H, W):
                 raise ScanError(f"{where}: views[{i}]: detector {v.width}x{v.height} (width x height) does not "
@@ -232,13 +237,7 @@ class Scan:
             raise ScanError(f"{where}: projections: cannot read {ppath}: {exc}") from None
         if not isinstance(mm, np.ndarray):
             raise ScanError(f"{where}: projections: {ppath} is not a single .npy array")
-        if mm.ndim != 3:
-            raise ScanError(f"{where}: projections: expected a float32 array [N, H, W], got shape {mm.shape}")
-        if mm.dtype != np.float32:
-            raise ScanError(f"{where}: projections: dtype must be float32, got {mm.dtype}")
-        N, H, W = mm.shape
-        if N != len(views_doc):
-            raise ScanError(f"{where}: views: {len(views_doc)} view(s) but {ppath.name} holds {N} image(s)")
+        N, H, W = _check_stack(mm, len(views_doc), where, f"{ppath.name} holds")
         for key, size in (("width", W), ("height", H)):
             if key in doc and doc[key] != size:
                 raise ScanError(f"{where}: {key}: {doc[key]!r} does not match the projections ({size})")

@@ -94,6 +94,19 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     return np.ascontiguousarray(frame.from_frame_array(x), dtype=np.float32)
 
 
+def check_refine_args(solve_grid: Grid, solve_volume, fine_grid: Grid, passes) -> tuple[int, np.ndarray]:
+    """``(passes, solve_volume as float32)`` of a fine re-solve, or an error naming what does not fit."""
+    passes = int(passes)
+    if passes < 0:
+        raise ValueError(f"passes must be >= 0, got {passes}")
+    solve_volume = np.asarray(solve_volume, dtype=np.float32)
+    if solve_volume.shape != tuple(solve_grid.shape):
+        raise VolumeError(f"solve volume shape {solve_volume.shape} does not match its grid {tuple(solve_grid.shape)}")
+    if not solve_grid.contains(fine_grid.corners(), margin_vox=-1e-3).all():
+        raise ValueError("the fine grid's box must lie inside the solve grid's box")
+    return passes, solve_volume
+
+
 def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, solve_volume: np.ndarray,
                  fine_grid: Grid, passes: int, *, lam: float = 1.3, tv_weight: float = 0.003,
                  tv_weight_final: float | None = None, tv_iterations: int = 20,
@@ -119,14 +132,7 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
     Holds one fine-grid normaliser per view (25 views on a 148^3 box: 0.3 GB).
     """
     views, projections = check_projections(views, projections)
-    passes = int(passes)
-    if passes < 0:
-        raise ValueError(f"passes must be >= 0, got {passes}")
-    solve_volume = np.asarray(solve_volume, dtype=np.float32)
-    if solve_volume.shape != tuple(solve_grid.shape):
-        raise VolumeError(f"solve volume shape {solve_volume.shape} does not match its grid {tuple(solve_grid.shape)}")
-    if not solve_grid.contains(fine_grid.corners(), margin_vox=-1e-3).all():
-        raise ValueError("the fine grid's box must lie inside the solve grid's box")
+    passes, solve_volume = check_refine_args(solve_grid, solve_volume, fine_grid, passes)
     weights = tv_schedule(passes, tv_weight, tv_weight_final)
     inside = fine_grid.contains(solve_grid.world_coords())
     exterior = np.where(inside, 0.0, solve_volume).astype(np.float32)

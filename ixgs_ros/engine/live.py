@@ -345,22 +345,18 @@ class LiveSession:
         if self._last_publish_time is None:  # the snapshot period counts from the start
             self._last_publish_time = time.monotonic()
         initialising = st.num_gaussians == 0
-        try:
+
+        def chunk():
             with self.engine_lock:
                 n = min(self.live.chunk_iterations, self.target - self.engine.iteration)
-                new = self.engine.step(n, progress=self._progress_callback(
+                return self.engine.step(n, progress=self._progress_callback(
                     f"initialising from {st.views_used} training views") if initialising else None,
                     preview=self._preview if initialising else None)
-        except _Stopped:
-            self.log("info", "initialisation stopped by the shutdown; the views are kept (it starts again from "
-                             "them at the next start when state_dir is set)")
+
+        new = self._guarded(chunk, "optimisation", "initialisation stopped by the shutdown; the views are kept (it "
+                                                   "starts again from them at the next start when state_dir is set)")
+        if new is None:
             return
-        except Exception as exc:
-            self._error = f"optimisation failed: {type(exc).__name__}: {exc}"
-            self.log("error", self._error)
-            return
-        finally:
-            self._init_progress = None
         if new.iterations < self.target:
             self._engine_status = new
             period = self.snapshot_period()
@@ -390,25 +386,37 @@ class LiveSession:
         self.log("info", f"re-initialising from {st.views_used} training views (the current volume was "
                          f"initialised from {st.init_views})")
         t0 = time.monotonic()
-        try:
+
+        def reinit():
             with self.engine_lock:
                 new = self.engine.reinitialize(progress=self._progress_callback(
                     f"re-initialising from {st.views_used} training views"))
                 self.target = self.engine.iteration + self.engine.config.iterations
                 self.save()
-        except _Stopped:
-            self.log("info", "re-initialisation stopped by the shutdown; the previous model is kept")
+                return new
+
+        new = self._guarded(reinit, "re-initialisation",
+                            "re-initialisation stopped by the shutdown; the previous model is kept")
+        if new is None:
             return
-        except Exception as exc:
-            self._error = f"re-initialisation failed: {type(exc).__name__}: {exc}"
-            self.log("error", self._error)
-            return
-        finally:
-            self._init_progress = None
         self._engine_status = new
         self._safe_snapshot("gaussian")  # the new init's volume goes out at once
         self.log("info", f"re-initialised in {time.monotonic() - t0:.1f} s; schedule restarted "
                          f"({self.config.iterations} iterations)")
+
+    def _guarded(self, call, what: str, stopped: str):
+        """``call()``'s result; a stop (logged as ``stopped``) or an error (logged, and the status says ``what``
+        failed) gives None."""
+        try:
+            return call()
+        except _Stopped:
+            self.log("info", stopped)
+        except Exception as exc:
+            self._error = f"{what} failed: {type(exc).__name__}: {exc}"
+            self.log("error", self._error)
+        finally:
+            self._init_progress = None
+        return None
 
     def _progress_callback(self, what: str):
         """The engine's ``progress`` for an (re-)initialisation: shows the stage in the status and stops the

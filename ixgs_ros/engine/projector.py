@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.geometry import View
+from ..core.geometry import View, check_view_list
 from ..core.volume import Grid
 
 __all__ = ["DEFAULT_STEP", "DEFAULT_MAX_SAMPLES", "DEFAULT_MAX_SAMPLES_CUDA", "resolve_device", "default_chunk",
@@ -69,13 +69,7 @@ def default_chunk(device: torch.device, n: int | None) -> int:
 
 
 def _check_views(views) -> list[View]:
-    views = list(views)
-    if not views:
-        raise ValueError("no views given")
-    for i, v in enumerate(views):
-        if not isinstance(v, View):
-            raise TypeError(f"views[{i}] is not a View ({type(v).__name__})")
-    return views
+    return check_view_list(views, ValueError)
 
 
 @dataclass

@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from ..core.geometry import View
-from ..core.volume import Grid, VolumeError
+from ..core.volume import Grid
 from .projector import (DEFAULT_STEP, Projector, VoxelBackprojector, _check_views, resample,
                         resolve_device)
+from .init_solve import check_refine_args
 from .tv import tv_denoise, tv_denoise_tensor as _tv_scaled, tv_schedule
 
 __all__ = ["tv_denoise", "sart_tv", "refine_inner", "forward_project", "back_project", "tv_schedule",
@@ -251,14 +252,7 @@ def refine_inner(views: Sequence[View], projections, solve_grid: Grid, solve_vol
     ``L_i`` is each ray's length through the *whole* solve grid (the projection of ones on it, at least the fine
     grid's smallest spacing). TV after every pass. One normaliser ``A_i^T 1`` per view stays on the device."""
     views, proj = _check_scan(views, projections)
-    passes = int(passes)
-    if passes < 0:
-        raise ValueError(f"passes must be >= 0, got {passes}")
-    solve_volume = np.asarray(solve_volume, dtype=np.float32)
-    if solve_volume.shape != tuple(solve_grid.shape):
-        raise VolumeError(f"solve volume shape {solve_volume.shape} does not match its grid {tuple(solve_grid.shape)}")
-    if not solve_grid.contains(fine_grid.corners(), margin_vox=-1e-3).all():
-        raise ValueError("the fine grid's box must lie inside the solve grid's box")
+    passes, solve_volume = check_refine_args(solve_grid, solve_volume, fine_grid, passes)
     weights = tv_schedule(passes, tv_weight, tv_weight_final)
     dev = resolve_device(device)
     inside = fine_grid.contains(solve_grid.world_coords())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.config import flatten
 from ..core.volume import Grid
 
 __all__ = ["flatten_metrics", "view_frustum", "plot_view_geometry", "write_montage", "write_html_report",
@@ -20,15 +21,8 @@ __all__ = ["flatten_metrics", "view_frustum", "plot_view_geometry", "write_monta
 
 
 def flatten_metrics(metrics: dict | None, prefix: str = "") -> dict[str, object]:
-    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists/arrays are kept as short strings."""
-    out: dict[str, object] = {}
-    for k, v in (metrics or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten_metrics(v, key + "."))
-        else:
-            out[key] = v
-    return out
+    """``{"a": {"b": 1}} -> {"a.b": 1}``."""
+    return flatten(metrics or {}, prefix)
 
 
 def _fmt(v) -> str:
