@@ -315,8 +315,8 @@ def test_node_rejects_bad_parameter(ros_env, module, arg, error):
     ("voxel_size_mm:=1", "error: parameter voxel_size_mm: Trying to set parameter 'voxel_size_mm' to '1' of type "
                          "'INTEGER', expecting type 'DOUBLE'"),
     ("engine_overrides:=[init.passes=2.5]", "error: engine configuration: init.passes must be an integer, got 2.5"),
-    ("engine_overrides:=[init.solver=magic]", "error: engine configuration: init.solver must be one of 'rtk', "
-                                             "got 'magic'"),
+    ("engine_overrides:=[init.solver=magic]", "error: engine configuration: init.solver must be one of 'auto', "
+                                             "'rtk', 'torch', got 'magic'"),
     ("reinit_growth:=0.5", "error: reinit_growth must be 0 (never) or > 1, got 0.5"),
 ])
 def test_reconstruction_node_rejects_bad_parameters(ros_env, arg, error):

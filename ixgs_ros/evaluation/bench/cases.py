@@ -151,8 +151,11 @@ class BenchConfig:
             raise ValueError(f"rtk_spacing: must be > 0 mm, got {self.rtk_spacing}")
         from .scoring import load_baseline
 
-        for path in self.baseline_from:
-            load_baseline(path)  # a missing or foreign file is named before any scan is simulated
+        for path in self.baseline_from:  # a missing or foreign file is named before any scan is simulated
+            try:
+                load_baseline(path)
+            except ValueError as exc:
+                raise ValueError(f"baseline_from: {exc}") from None
         if self.holdout < 1:
             raise ValueError(f"holdout: at least one held-out view is needed, got {self.holdout}")
         if self.detector < 8 or self.roi_size < 8 or not self.roi_spacing > 0:
