@@ -243,34 +243,9 @@ def bench_voxelize(mod, args, peaks) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------- reconstruction
-@contextlib.contextmanager
-def patched_backends(mod):
-    """For this process only: ``backend="cuda"`` (and ``"auto"`` on CUDA tensors) of gaussians_render/voxelize use
-    the CUDA kernels. A stand-in for the product wiring (cuda_ext/README.md), so a full reconstruction can be timed
-    before that wiring lands."""
-    orig = (gr._cuda_available, gr.rasterize, vx._voxelize_torch)
-
-    def rasterize(mean2d, conic, weight, radius, width, height, *, backend="auto"):
-        if mean2d.is_cuda and gr.resolve_backend(backend, mean2d.device) == "cuda":
-            return native_cuda.rasterize(mean2d, conic, weight, radius, width, height, module=mod)
-        return orig[1](mean2d, conic, weight, radius, width, height, backend=backend)
-
-    def voxelize_kernel(means, icov, density, extent, bounds, grid, **kw):
-        if means.is_cuda:
-            A = torch.tensor(grid.affine[:3, :4], dtype=torch.float64, device=means.device)
-            return native_cuda.voxelize_kernel(means, icov, density, extent, bounds, A, grid.shape, module=mod)
-        return orig[2](means, icov, density, extent, bounds, grid, **kw)
-
-    gr._cuda_available, gr.rasterize, vx._voxelize_torch = (lambda: True), rasterize, voxelize_kernel
-    try:
-        yield
-    finally:
-        gr._cuda_available, gr.rasterize, vx._voxelize_torch = orig
-
-
 def bench_recon(mod, args, backends=("cuda", "torch"), **config) -> list[dict]:
-    """Phantom scan of ``args.views`` views, reconstructed once per backend (EngineConfig defaults, lattice
-    initialisation, ``args.iterations`` iterations; ``config`` overrides EngineConfig fields)."""
+    """Phantom scan of ``args.views`` views, reconstructed once per splatting backend (EngineConfig defaults, the
+    torch initial solve on the GPU, ``args.iterations`` iterations; ``config``: further dotted-key overrides)."""
     from ixgs_ros.simulation import phantom
     from ixgs_ros.engine import EngineConfig, ReconstructionEngine
     from ixgs_ros.evaluation.metrics import psnr_3d
@@ -289,10 +264,9 @@ def bench_recon(mod, args, backends=("cuda", "torch"), **config) -> list[dict]:
     gt = phantom.voxelize(ell, grid)
     rows = []
     for be in backends:
-        ctx = patched_backends(mod) if be == "cuda" else contextlib.nullcontext()
-        with ctx:
-            cfg = EngineConfig(**{"iterations": args.iterations, "device": DEVICE, "backend": be, "init": "lattice",
-                                  "seed": 0, **config})
+        with contextlib.nullcontext():
+            cfg = EngineConfig.from_dict({"iterations": args.iterations, "device": DEVICE, "backend": be,
+                                          "init.solver": "torch", "seed": 0, **config})
             eng = ReconstructionEngine(grid, cfg)
             for v, img in zip(views, images):
                 eng.add_view(v, img)

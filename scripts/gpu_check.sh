@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The one command that verifies the CUDA kernels (cuda_ext/*.cu) on a GPU machine and times them:
-#   1. environment report (GPU, driver, nvcc, torch)            4. compute-sanitizer memcheck + racecheck (smoke)
-#   2. build the CUDA extension (and the CPU one, in parallel)   5. kernel timings vs the torch reference on the GPU
-#   3. test/test_cuda.py (GPU parity tests + CPU emulation)      6. a short full reconstruction, torch vs CUDA
+# The one command that verifies the GPU path on a GPU machine and times it:
+#   1. environment report (GPU, driver, nvcc, torch)            5. kernel timings vs the torch reference on the GPU
+#   2. build the CUDA extension (and the CPU one, in parallel)   6. a short phantom reconstruction, torch vs CUDA
+#   3. test/test_cuda.py (GPU parity tests + CPU emulation)      7. test/test_torch_sart.py (the torch initial solve
+#   4. compute-sanitizer memcheck + racecheck (smoke)               on the GPU against the CPU)
+#   8. `ixgs reconstruct --device cuda` of the carried full-body scan (gpu_data/scan, made here by
+#      scripts/prepare_gpu_data.sh) at the default schedule and at GPU_CHECK_LONG_ITERATIONS (default 10000) with
+#      positions, scales and densification on (config/long_schedule.yaml): recon_short.json, recon_long.json
 # and prints a summary table. Steps run under one time budget (GPU_CHECK_BUDGET seconds, default 560, so that the
 # whole run fits one 10-minute device command); a step that no longer fits is skipped and says so.
 #
 #   bash scripts/gpu_check.sh                 # from the repository root of a GPU machine
 #   GPU_CHECK_BUDGET=1200 GPU_CHECK_ITERATIONS=1000 bash scripts/gpu_check.sh
+#   GPU_CHECK_DRY_RUN=1 bash scripts/gpu_check.sh   # here, on the CPU: steps 7-8 with .venv's python, the
+#                                                   # C++ kernels and tiny schedules, to check the script itself
 #
 # Python: $IXGS_PYTHON if set, else the first of .venv/bin/python and python3 whose torch sees a CUDA device.
 # The project's device machines ship such a python3 (torch 2.11+cu130 with numpy, pytest, pytest-timeout,
@@ -28,6 +34,9 @@ LOG=$OUT_DIR/gpu_check.log
 : >"$LOG"
 BUDGET=${GPU_CHECK_BUDGET:-560}
 ITERATIONS=${GPU_CHECK_ITERATIONS:-300}
+LONG_ITERATIONS=${GPU_CHECK_LONG_ITERATIONS:-10000}
+DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
+SCAN=${GPU_CHECK_SCAN:-$ROOT/gpu_data/scan}
 START=$(date +%s)
 declare -a SUMMARY=()
 STATUS=0
@@ -63,6 +72,9 @@ step() {
 
 # ---------------------------------------------------------------------------------------------- python
 PY=${IXGS_PYTHON:-}
+if ((DRY_RUN)) && [[ -z "$PY" ]]; then
+  PY=$ROOT/.venv/bin/python
+fi
 if [[ -z "$PY" ]]; then
   for cand in "$ROOT/.venv/bin/python" python3; do
     if command -v "$cand" >/dev/null 2>&1 &&
@@ -105,6 +117,19 @@ if [[ -z "$PY" ]]; then
   exit 1
 fi
 
+# recon_args NAME ITERATIONS [CONFIG]: the arguments of an ixgs reconstruct of the carried scan on the GPU (on the
+# CPU in a dry run) into $OUT_DIR/NAME; its report.json is then copied to $OUT_DIR/NAME.json
+recon_args() {
+  local name=$1 its=$2 cfg=${3:-}
+  local dev=cuda backend=cuda
+  if ((DRY_RUN)); then dev=cpu backend=cpp; fi
+  RECON_ARGS=("$PY" -m ixgs_ros.cli reconstruct "$SCAN" --out "$OUT_DIR/$name" --device "$dev" --backend "$backend"
+    --iterations "$its" --holdout 3 --quiet --no-navigation)
+  if [[ -n "$cfg" ]]; then RECON_ARGS+=(--config "$cfg"); fi
+  return 0
+}
+
+if ((DRY_RUN == 0)); then
 # ---------------------------------------------------------------------------------------------- build
 # the CPU extension (the tests compare against it) builds in the background meanwhile
 ("$PY" -m ixgs_ros.engine.kernels --build >"$OUT_DIR/build_cpu.tmp" 2>&1; echo "rc=$?" >>"$OUT_DIR/build_cpu.tmp") &
@@ -146,6 +171,26 @@ if ((BUILD_OK)); then
   step "bench: reconstruction torch vs cuda" 90 400 "$OUT_DIR/bench.log" \
     "$PY" benchmarks/bench_cuda.py --sections recon --iterations "$ITERATIONS" --json "$OUT_DIR/recon.json"
 fi
+fi
+
+# ---------------------------------------------------------------------------------------------- torch init, full runs
+step "pytest test/test_torch_sart.py" 30 120 "$OUT_DIR/test_torch_sart.log" \
+  "$PY" -m pytest test/test_torch_sart.py -q -rs -p no:cacheprovider || STATUS=1
+if [[ -f "$SCAN/scan.json" ]]; then
+  if ((DRY_RUN)); then SHORT=3 LONG=6; else SHORT=100 LONG=$LONG_ITERATIONS; fi
+  export IXGS_CUDA_AUTO=1
+  recon_args recon_short "$SHORT"
+  step "ixgs reconstruct, default schedule" 60 200 "$OUT_DIR/recon.log" "${RECON_ARGS[@]}" || STATUS=1
+  recon_args recon_long "$LONG" "$ROOT/config/long_schedule.yaml"
+  step "ixgs reconstruct, $LONG it, long schedule" 90 600 "$OUT_DIR/recon.log" "${RECON_ARGS[@]}" || STATUS=1
+  for name in recon_short recon_long; do
+    [[ -f "$OUT_DIR/$name/report.json" ]] && cp "$OUT_DIR/$name/report.json" "$OUT_DIR/$name.json"
+  done
+  "$PY" scripts/gpu_summary.py "$OUT_DIR" | tee -a "$LOG" || true
+else
+  SUMMARY+=("$(printf '%-36s %-8s %6s  %s' "ixgs reconstruct (full-body scan)" SKIPPED - \
+    "no $SCAN: run scripts/prepare_gpu_data.sh here and carry gpu_data")")
+fi
 
 # ---------------------------------------------------------------------------------------------- summary
 {
@@ -160,7 +205,11 @@ fi
   fi
   echo
   if ((STATUS == 0)); then
-    echo "RESULT: build and tests passed on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+    if ((DRY_RUN)); then
+      echo "RESULT: dry run on the CPU passed (the script's steps 7-8 work; nothing was checked on a GPU)"
+    else
+      echo "RESULT: build and tests passed on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+    fi
   else
     echo "RESULT: FAILED (see the logs in $OUT_DIR)"
   fi

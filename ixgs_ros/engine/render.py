@@ -41,13 +41,15 @@ Options and conventions
 Structure (as gsplat): :func:`project_gaussians` computes per-Gaussian ``mean2d``, ``conic`` (``Sigma_hat^-1`` as
 ``(a, b, c)`` for ``[[a, b], [b, c]]``), ``weight = rho mu`` and ``radius`` in differentiable torch (shared by all
 backends); :func:`rasterize` sums the splats. Its backends are ``"torch"`` (pure torch reference, autograd) and
-``"cpp"`` (C++/OpenMP kernel with explicit backward, :mod:`ixgs_ros.engine.kernels`); ``"auto"`` picks ``"cpp"``
-for CPU tensors when the extension is available (built on first use) and ``"torch"`` otherwise. ``"cuda"`` is
-reserved for the CUDA kernels.
+``"cpp"`` (C++/OpenMP kernel with explicit backward, :mod:`ixgs_ros.engine.kernels`) and ``"cuda"`` (the CUDA
+kernels, :mod:`ixgs_ros.engine.kernels_cuda`); ``"auto"`` picks ``"cpp"`` for CPU tensors when the extension is
+available (built on first use), ``"cuda"`` for CUDA tensors once those kernels are verified on a GPU
+(:data:`CUDA_VERIFIED`), and ``"torch"`` otherwise.
 """
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import NamedTuple, Sequence
 
@@ -225,8 +227,33 @@ def _native_module(build: bool = True):
         return mod
 
 
-def _cuda_available() -> bool:
-    return False  # the CUDA kernels (cuda_ext/*.cu) are not part of this build yet
+#: ``backend="auto"`` picks the CUDA kernels for CUDA tensors only once they are verified on a GPU
+#: (``scripts/gpu_check.sh``: parity with the torch reference and the C++ kernels, sanitizer clean); until then it
+#: keeps the torch reference there. ``IXGS_CUDA_AUTO=1`` turns it on for a process (the GPU check does).
+CUDA_VERIFIED = False
+_cuda_state: dict = {}
+
+
+def _cuda_module():
+    """The CUDA kernels for ``backend="cuda"``, or None with the reason remembered: the real build on a GPU
+    machine; with ``IXGS_CUDA_EMULATE=1`` their CPU emulation on CPU tensors (a test aid that exercises this
+    wiring where no GPU is)."""
+    with _native_lock:
+        if "module" not in _cuda_state:
+            from . import kernels
+
+            emulate = os.environ.get("IXGS_CUDA_EMULATE", "0") not in ("", "0")
+            try:
+                _cuda_state["module"] = kernels.load("cuda-emu" if emulate else "cuda")
+                _cuda_state["emulated"] = emulate
+            except Exception as exc:  # noqa: BLE001 - unavailable: say why when asked
+                _cuda_state["module"], _cuda_state["error"] = None, f"{type(exc).__name__}: {exc}"
+        return _cuda_state["module"]
+
+
+def _cuda_device_ok(dev: torch.device) -> bool:
+    """CUDA tensors for the real kernels, CPU tensors for the emulated ones."""
+    return dev.type == ("cpu" if _cuda_state.get("emulated") else "cuda")
 
 
 def active_backend(device="cpu") -> str:
@@ -234,7 +261,8 @@ def active_backend(device="cpu") -> str:
     dev = torch.device(device)
     if dev.type == "cpu":
         return "cpp" if _native_module(build=True) is not None else "torch"
-    if dev.type == "cuda" and _cuda_available():
+    auto_cuda = CUDA_VERIFIED or os.environ.get("IXGS_CUDA_AUTO", "0") not in ("", "0")
+    if dev.type == "cuda" and auto_cuda and _cuda_module() is not None:
         return "cuda"
     return "torch"
 
@@ -253,9 +281,11 @@ def resolve_backend(backend: str, device) -> str:
             raise RuntimeError("backend='cpp' requested but the C++ extension is unavailable: "
                                f"{_native_state.get('error', 'unknown error')}")
     if backend == "cuda":
-        if not _cuda_available() or dev.type != "cuda":
-            raise RuntimeError("backend='cuda' is not available in this build (no CUDA kernels compiled); "
-                               "use backend='cpp' (CPU) or 'torch'")
+        if _cuda_module() is None:
+            raise RuntimeError(f"backend='cuda' is not available here ({_cuda_state.get('error')}); use "
+                               "backend='cpp' (CPU) or 'torch'")
+        if not _cuda_device_ok(dev):
+            raise RuntimeError(f"backend='cuda' needs CUDA tensors, got device {dev}")
     return backend
 
 
@@ -335,6 +365,10 @@ def rasterize(mean2d, conic, weight, radius, width: int, height: int, *, backend
     be = resolve_backend(backend, mean2d.device)
     if be == "cpp":
         return _RasterizeCpp.apply(mean2d, conic, weight, radius, int(width), int(height))
+    if be == "cuda":
+        from .kernels_cuda import rasterize as cuda_rasterize
+
+        return cuda_rasterize(mean2d, conic, weight, radius, int(width), int(height), module=_cuda_module())
     return _rasterize_torch(mean2d, conic, weight, radius, int(width), int(height))
 
 

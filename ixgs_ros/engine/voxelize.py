@@ -182,6 +182,12 @@ def voxelize(means, scales, quats, density, grid: Grid, *, backend: str = "auto"
     if be == "cpp":
         return _VoxelizeCpp.apply(means, icov, density, extent, bounds, _affine34(grid, means.device),
                                   tuple(int(s) for s in grid.shape))
+    if be == "cuda":
+        from .kernels_cuda import voxelize_kernel
+        from .render import _cuda_module
+
+        return voxelize_kernel(means, icov, density, extent, bounds, _affine34(grid, means.device),
+                               tuple(int(s) for s in grid.shape), module=_cuda_module())
     return _voxelize_torch(means, icov, density, extent, bounds, grid)
 
 
