@@ -103,7 +103,10 @@ def reconstruct_scan(scan, grid: Grid, config: EngineConfig, *, holdout: int = 0
     engine = ReconstructionEngine(grid, config)
     held = set(select_holdout(len(scan.views), holdout, config.seed))
     for i, (view, img) in enumerate(zip(scan.views, scan.projections)):
-        engine.add_view(view, img, holdout=i in held)
+        try:
+            engine.add_view(view, img, holdout=i in held)
+        except EngineError as exc:
+            raise EngineError(f"view {i}: {exc}") from None
     curve = []
     bar = None
     if progress:

@@ -298,15 +298,21 @@ def test_cli_import(tmp_path, monkeypatch, capsys):
     src = tmp_path / "dcm"
     src.mkdir()
     i0 = 4000.0
-    write_dicom(src / "a.dcm", np.full((H, W), 1000, np.uint16), 10.0, 0.0)
+    pixels = (1000 + 10 * np.arange(H * W).reshape(H, W) % 200).astype(np.uint16)
+    write_dicom(src / "a.dcm", pixels, 10.0, 0.0)
     out = tmp_path / "scan"
     assert cli.main(["import", str(src), "-o", str(out), "--to-line-integral", "--i0", str(i0)]) == 0
     assert "imported 1 view(s) of 16x12 (line_integral)" in capsys.readouterr().out
     scan = Scan.load(out)
-    np.testing.assert_allclose(scan.projections, np.log(4.0), rtol=1e-6)
+    np.testing.assert_allclose(scan.projections[0], np.log(i0 / pixels[:, ::-1]), rtol=1e-5)
     assert cli.main(["import", str(src), "-o", str(out)]) == 2
     assert "already holds a scan" in capsys.readouterr().err
     assert cli.main(["import", str(src), "-o", str(out), "--force", "--mirror", "no"]) == 0
     assert Scan.load(out).image_kind == "raw"
     assert cli.main(["import", str(tmp_path / "nothing"), "-o", str(tmp_path / "o2")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    write_dicom(blank / "a.dcm", np.full((H, W), 1000, np.uint16), 10.0, 0.0)
+    assert cli.main(["import", str(blank), "-o", str(tmp_path / "o3")]) == 2
+    assert "is constant (1000 everywhere)" in capsys.readouterr().err and not (tmp_path / "o3").exists()

@@ -205,3 +205,28 @@ def test_subset():
         s.subset([])
     with pytest.raises(ScanError, match="invalid selection"):
         s.subset([7])
+
+
+@pytest.mark.parametrize("name", ["../outside.npy", "ABSOLUTE", "link.npy"])
+def test_scan_files_outside_the_folder_are_refused_before_they_are_opened(tmp_path, name):
+    """scan.json may only name files inside the scan folder: an absolute path, ``..`` or a symbolic link that
+    leads out is refused by name, before the file is read (it could be any file on the machine)."""
+    import json
+
+    views = [View(np.array([[50.0, 0, 7.5], [0, 50.0, 5.5], [0, 0, 1]]), np.eye(4), 16, 12)]
+    Scan(views, np.ones((1, 12, 16), np.float32)).save(tmp_path / "scan")
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.ones((1, 12, 16), np.float32))
+    (tmp_path / "scan" / "link.npy").symlink_to(outside)
+    doc = json.loads((tmp_path / "scan" / SCAN_JSON).read_text())
+    doc["projections"] = str(outside) if name == "ABSOLUTE" else name
+    (tmp_path / "scan" / SCAN_JSON).write_text(json.dumps(doc))
+    opened = []
+    real_load = np.load
+    np.load = lambda *a, **k: opened.append(a[0]) or real_load(*a, **k)
+    try:
+        with pytest.raises(ScanError, match="outside the scan folder|absolute path"):
+            Scan.load(tmp_path / "scan")
+    finally:
+        np.load = real_load
+    assert opened == []

@@ -322,7 +322,12 @@ def _dicom_view(fr: _Frame, width: int, height: int) -> View:
     spacing = ds.get("ImagerPixelSpacing")
     if spacing is None or spacing == "":
         raise ScanImportError(f"{where}: DICOM attribute ImagerPixelSpacing is missing; give a poses file (--poses)")
-    spacing = [_num(s, f"{where}: ImagerPixelSpacing") for s in spacing]
+    values = list(spacing) if isinstance(spacing, (list, tuple)) or hasattr(spacing, "__iter__") and \
+        not isinstance(spacing, str) else [spacing]
+    if len(values) != 2:
+        raise ScanImportError(f"{where}: ImagerPixelSpacing must hold 2 values (row, column spacing in mm), got "
+                              f"{len(values)}")
+    spacing = [_num(s, f"{where}: ImagerPixelSpacing") for s in values]
     meta = {"dicom": {"sop_instance_uid": str(ds.get("SOPInstanceUID", "")), "modality": str(ds.get("Modality", "")),
                       "frame": fr.index, "photometric": str(ds.get("PhotometricInterpretation", ""))}}
     try:
@@ -442,6 +447,10 @@ def import_folder(src, poses=None, kind: str = "raw", to_line_integral: bool = F
         info["ignored"] = ignored
     if not np.isfinite(proj).all():
         raise ScanImportError(f"{src}: images contain NaN or inf values")
+    for (key, _), img in zip(used, proj):
+        if float(img.max()) == float(img.min()):
+            raise ScanImportError(f"{src}: image {key} is constant ({float(img.min()):g} everywhere): no exposure, a "
+                                  "saturated detector or a broken modality LUT")
     if to_line_integral:
         proj, info["to_line_integral"] = _log_transform(proj, i0)
         kind = "line_integral"

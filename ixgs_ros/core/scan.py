@@ -35,8 +35,8 @@ import numpy as np
 
 from .geometry import GeometryError, View, validate_K, validate_pose
 
-__all__ = ["Scan", "ScanError", "FORMAT", "VERSION", "SCAN_JSON", "PROJECTIONS_FILE", "MASK_FILE", "IMAGE_KINDS",
-           "NEGATIVE_LINE_INTEGRAL_TOL"]
+__all__ = ["scan_file", "Scan", "ScanError", "FORMAT", "VERSION", "SCAN_JSON", "PROJECTIONS_FILE", "MASK_FILE", "IMAGE_KINDS",
+           "NEGATIVE_LINE_INTEGRAL_TOL", "MAX_LINE_INTEGRAL"]
 
 FORMAT = "ixgs-scan"
 VERSION = 1
@@ -46,6 +46,9 @@ MASK_FILE = "mask.npy"
 IMAGE_KINDS = ("line_integral", "raw")
 #: Line integrals below ``-NEGATIVE_LINE_INTEGRAL_TOL`` are rejected (small negatives are noise in air).
 NEGATIVE_LINE_INTEGRAL_TOL = 0.1
+#: Line integrals above this are not physical: mu below 0.1/mm over less than 1 m of body gives under 100; raw
+#: detector counts mislabelled as line integrals read in the thousands.
+MAX_LINE_INTEGRAL = 1000.0
 
 _TOP_KEYS = ("format", "version", "units", "image_kind", "projections", "views", "width", "height", "mask")
 _VIEW_KEYS = ("K", "T_world_source", "width", "height")
@@ -65,6 +68,27 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def scan_file(folder, name, where: str) -> Path:
+    """The file ``name`` (relative, as scan.json names its files) inside the scan ``folder``; ScanError before
+    anything is opened when it is absolute, leaves the folder (``..``, or a symbolic link pointing outside) or
+    does not exist. A scan file from elsewhere must be copied into the folder."""
+    folder = Path(folder)
+    rel = Path(name)
+    if rel.is_absolute():
+        raise ScanError(f"{where}: {name!r} must be a file name relative to the scan folder, not an absolute path")
+    path = folder / rel
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError) as exc:  # e.g. a symlink loop
+        raise ScanError(f"{where}: cannot resolve {path}: {exc}") from None
+    if not inside:
+        raise ScanError(f"{where}: {name!r} leads outside the scan folder {folder} (refused: scan files must be "
+                        "inside it)")
+    if not path.is_file():
+        raise ScanError(f"{where}: file not found: {path}")
+    return path
 
 
 def _check_stack(a: np.ndarray, n_views: int, where: str, holder: str) -> tuple[int, int, int]:
@@ -171,6 +195,11 @@ class Scan:
                 if lo < -negative_tol:
                     raise ScanError(f"{where}: projections[{i}]: negative line integral {lo:.4g} (below "
                                     f"-{negative_tol}); is image_kind 'raw' or the sign flipped?")
+                hi = float(img.max())
+                if hi > MAX_LINE_INTEGRAL:
+                    raise ScanError(f"{where}: projections[{i}]: line integral {hi:.4g} above {MAX_LINE_INTEGRAL:g} "
+                                    "is not physical (detector counts labelled as line integrals? then image_kind "
+                                    "is 'raw')")
         return self
 
     # ----------------------------------------------------------------- I/O
@@ -228,12 +257,10 @@ class Scan:
             except GeometryError as exc:
                 raise ScanError(f"{where}: {exc}") from None
 
-        ppath = Path(pname) if Path(pname).is_absolute() else jp.parent / pname
-        if not ppath.is_file():
-            raise ScanError(f"{where}: projections: file not found: {ppath}")
+        ppath = scan_file(jp.parent, pname, f"{where}: projections")
         try:
             mm = np.load(ppath, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, OverflowError, MemoryError) as exc:
             raise ScanError(f"{where}: projections: cannot read {ppath}: {exc}") from None
         if not isinstance(mm, np.ndarray):
             raise ScanError(f"{where}: projections: {ppath} is not a single .npy array")
@@ -254,12 +281,10 @@ class Scan:
             mname = doc["mask"]
             if not isinstance(mname, str) or not mname:
                 raise ScanError(f"{where}: mask: must be a file name, got {mname!r}")
-            mpath = Path(mname) if Path(mname).is_absolute() else jp.parent / mname
-            if not mpath.is_file():
-                raise ScanError(f"{where}: mask: file not found: {mpath}")
+            mpath = scan_file(jp.parent, mname, f"{where}: mask")
             try:
                 mask = np.load(mpath, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as exc:
+            except (ValueError, OSError, EOFError, OverflowError, MemoryError) as exc:
                 raise ScanError(f"{where}: mask: cannot read {mpath}: {exc}") from None
             if not isinstance(mask, np.ndarray):
                 raise ScanError(f"{where}: mask: {mpath} is not a single .npy array")

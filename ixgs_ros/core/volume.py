@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Grid", "VolumeError", "MU_WATER", "hu_to_mu", "mu_to_hu", "load_nifti", "save_nifti", "resample"]
+__all__ = ["Grid", "VolumeError", "MU_WATER", "hu_to_mu", "mu_to_hu", "load_nifti", "save_nifti", "resample",
+           "read_nifti_image"]
 
 #: Linear attenuation of water near 70 keV effective energy (1/mm).
 MU_WATER = 0.0195
@@ -66,9 +67,7 @@ class Grid:
 
     @classmethod
     def like(cls, path) -> "Grid":
-        import nibabel as nib
-
-        img = nib.load(str(path))
+        img = read_nifti_image(path)
         return cls(img.shape[:3], img.affine)
 
     # ---------------------------------------------------------------- properties
@@ -149,15 +148,29 @@ class Grid:
     __hash__ = None
 
 
-def load_nifti(path) -> tuple[np.ndarray, Grid]:
-    """Load a NIfTI volume as (float32 array [I, J, K], Grid)."""
+def read_nifti_image(path):
+    """The nibabel image of a NIfTI file; VolumeError naming the file when it is missing or not a readable NIfTI
+    (truncated, garbage, not gzip)."""
     import nibabel as nib
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise VolumeError(f"volume file not found: {path}")
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    try:
+        return nib.load(str(path))
+    except Exception as exc:  # nibabel's ImageFileError, EOFError, zlib and gzip errors
+        raise VolumeError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}: {exc})") from None
+
+
+def load_nifti(path) -> tuple[np.ndarray, Grid]:
+    """Load a NIfTI volume as (float32 array [I, J, K], Grid)."""
+
+    path = Path(path)
+    img = read_nifti_image(path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # truncated or corrupt data after a readable header
+        raise VolumeError(f"{path}: cannot read the volume data: {type(exc).__name__}: {exc}") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

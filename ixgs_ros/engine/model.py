@@ -187,11 +187,17 @@ class GaussianModel:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"Gaussian file not found: {path}")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != "ixgs-gaussians":
-            raise ValueError(f"{path}: not an ixgs-gaussians safetensors file (metadata format={meta.get('format')!r})")
-        tensors = load_file(str(path))
-        model = cls.from_state(tensors, json.loads(meta["model"]), device=device)
-        frame = NormalizedFrame.from_dict(json.loads(meta["frame"])) if "frame" in meta else None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("format") != "ixgs-gaussians":
+                raise ValueError(f"{path}: not an ixgs-gaussians safetensors file (metadata format="
+                                 f"{meta.get('format')!r})")
+            tensors = load_file(str(path))
+            model = cls.from_state(tensors, json.loads(meta["model"]), device=device)
+            frame = NormalizedFrame.from_dict(json.loads(meta["frame"])) if "frame" in meta else None
+        except ValueError:
+            raise
+        except Exception as exc:  # safetensors' errors on truncated or corrupt files, missing tensors or keys
+            raise ValueError(f"{path}: not a readable Gaussian file ({type(exc).__name__}: {exc})") from None
         return model, frame

@@ -108,7 +108,10 @@ def load_state(cls, directory, device: str | None = None):
     if device is not None:
         cfg.device = device
     eng = cls(Grid(meta["grid"]["shape"], np.array(meta["grid"]["affine"])), cfg)
-    tensors = load_file(str(tensors_file))
+    try:
+        tensors = load_file(str(tensors_file))
+    except Exception as exc:  # safetensors' errors on truncated or corrupt files
+        raise EngineError(f"{d}: {tensors_file.name} is not readable ({type(exc).__name__}: {exc})") from None
     for i, vmeta in enumerate(meta["views"]):
         view = View(np.array(vmeta["K"]), np.array(vmeta["T_world_source"]), vmeta["width"], vmeta["height"])
         vd = prepare_view(view, tensors[f"view.{i}.image"], vmeta["holdout"], eng.frame, eng.device)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..core.geometry import View
+from ..core.scan import MAX_LINE_INTEGRAL
 from ..core.volume import Grid
 from .config import EngineError
 from .model import NormalizedFrame
@@ -42,6 +43,11 @@ def check_view(view: View, image, grid: Grid) -> np.ndarray:
                           f"(height={view.height}, width={view.width})")
     if not np.all(np.isfinite(img)):
         raise EngineError("image contains NaN or inf")
+    if not np.any(img):
+        raise EngineError("image is blank (all zero): no attenuation was measured (a shot without exposure?)")
+    if img.max() > MAX_LINE_INTEGRAL:
+        raise EngineError(f"image has line integrals up to {img.max():.4g}, above {MAX_LINE_INTEGRAL:g}: not "
+                          "physical (raw detector counts labelled as line integrals?)")
     if img.min() < -NEGATIVE_TOLERANCE * max(float(img.max()), 1e-6):
         raise EngineError(f"image has strongly negative values (min {img.min():.3g}): expected line "
                           "integrals (-log(I/I0)), not raw intensities")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.anatomy import VERTEBRA_LABELS, VERTEBRA_NAMES, label_name, vertebra_label
-from ..core.volume import Grid, VolumeError, hu_to_mu
+from ..core.volume import Grid, VolumeError, hu_to_mu, read_nifti_image
 
 __all__ = [
     "CT",
@@ -77,12 +77,13 @@ class CT:
 
 
 def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
     if not path.exists():
         raise FileNotFoundError(f"volume file not found: {path}")
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
+    img = read_nifti_image(path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # truncated or corrupt data after a readable header
+        raise VolumeError(f"{path}: cannot read the volume data: {type(exc).__name__}: {exc}") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
