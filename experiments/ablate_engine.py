@@ -55,15 +55,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from bench_scan import load_training
-    from ixgs_ros.commands.bench import parse_engine_overrides
-    from ixgs_ros.commands.reconstruct import load_engine_config
+    from ixgs_ros.engine import load_engine_config
     from ixgs_ros.evaluation import baselines as bl
     from ixgs_ros.engine import ReconstructionEngine
 
     d = Path(a.scan_dir)
     grid, gt, views, proj = load_training(d, a.views, a.holdout)
-    overrides = parse_engine_overrides(a.engine)
-    cfg = load_engine_config(None, iterations=a.iterations, **overrides)
+    cfg = load_engine_config(None, a.engine, iterations=a.iterations)
     rows = []
     if a.sart_passes < 0:
         ap.error(f"--sart-passes must be >= 0, got {a.sart_passes}")
@@ -94,7 +92,7 @@ def main(argv=None) -> int:
 
         save_nifti(a.save_volume, eng.volume(), grid)
     if a.json:
-        Path(a.json).write_text(json.dumps({"scan": str(d), "views": a.views, "engine": overrides, "rows": rows},
+        Path(a.json).write_text(json.dumps({"scan": str(d), "views": a.views, "engine": cfg.to_dict(), "rows": rows},
                                            indent=1))
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
     from ixgs_ros.evaluation.metrics import psnr_3d, ssim_3d
 
     try:
-        configs = [(s, dataclasses.replace(EngineConfig(), **parse_setting(s)).validate()) for s in a.settings]
+        configs = [(s, EngineConfig.from_dict(parse_setting(s))) for s in a.settings]
     except (TypeError, ValueError) as e:
         ap.error(str(e))
     try:
