@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Grid", "VolumeError", "MU_WATER", "hu_to_mu", "mu_to_hu", "load_nifti", "save_nifti", "resample",
-           "read_nifti_image"]
+           "read_nifti_image", "read_nifti_array"]
 
 #: Linear attenuation of water near 70 keV effective energy (1/mm).
 MU_WATER = 0.0195
@@ -162,20 +162,26 @@ def read_nifti_image(path):
         raise VolumeError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}: {exc})") from None
 
 
-def load_nifti(path) -> tuple[np.ndarray, Grid]:
-    """Load a NIfTI volume as (float32 array [I, J, K], Grid)."""
-
+def read_nifti_array(path, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(3D array [I, J, K], affine)`` of a NIfTI file (``dtype``: convert, else the stored type after scaling);
+    VolumeError naming the file when it is unreadable or not 3D."""
     path = Path(path)
     img = read_nifti_image(path)
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = np.asarray(img.dataobj, dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
     except Exception as exc:  # truncated or corrupt data after a readable header
         raise VolumeError(f"{path}: cannot read the volume data: {type(exc).__name__}: {exc}") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise VolumeError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    return data, Grid(data.shape, img.affine)
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def load_nifti(path) -> tuple[np.ndarray, Grid]:
+    """Load a NIfTI volume as (float32 array [I, J, K], Grid)."""
+    data, affine = read_nifti_array(path, np.float32)
+    return data, Grid(data.shape, affine)
 
 
 def save_nifti(path, data, grid: Grid, description: str = "mu [1/mm]") -> Path:

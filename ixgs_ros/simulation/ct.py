@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.anatomy import VERTEBRA_LABELS, VERTEBRA_NAMES, label_name, vertebra_label
-from ..core.volume import Grid, VolumeError, hu_to_mu, read_nifti_image
+from ..core.volume import Grid, VolumeError, hu_to_mu, read_nifti_array
 
 __all__ = [
     "CT",
@@ -79,16 +79,7 @@ class CT:
 def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"volume file not found: {path}")
-    img = read_nifti_image(path)
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # truncated or corrupt data after a readable header
-        raise VolumeError(f"{path}: cannot read the volume data: {type(exc).__name__}: {exc}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise VolumeError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return read_nifti_array(path)
 
 
 def load_ct(path=None, labels_path=None, with_labels: bool = True) -> CT:
