@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ixgs_ros.evaluation import metrics as M  # noqa: E402
+from ixgs_ros.core.resources import peak_rss_mb  # noqa: E402
 from ixgs_ros.evaluation import baselines as bl  # noqa: E402
 from ixgs_ros.core.scan import Scan  # noqa: E402
 from ixgs_ros.core.volume import Grid, load_nifti  # noqa: E402
@@ -97,16 +97,12 @@ def run_case(scan_dir: Path, methods, iterations, body_extent_mode: str, threads
         vol, info = bl.reconstruct(scan, grid, m, iterations[m], body_extent=body, threads=threads)
         r = {"method": m, "iterations": iterations[m], "psnr_3d": M.psnr_3d(vol, gt), "ssim_3d": M.ssim_3d(vol, gt),
              "wall_s": info["wall_s"], "solve_shape": info["solve_shape"],
-             "solve_spacing_mm": info["solve_spacing_mm"], "peak_rss_mb": _peak_rss_mb()}
+             "solve_spacing_mm": info["solve_spacing_mm"], "peak_rss_mb": peak_rss_mb()}
         case["results"].append(r)
         print(f"[bench_rtk] {mode:9s} {m:4s} x{iterations[m]:<3d} PSNR {r['psnr_3d']:6.2f} dB  SSIM {r['ssim_3d']:.3f}"
               f"  {r['wall_s']:6.1f} s  solve {'x'.join(map(str, r['solve_shape']))} @ {r['solve_spacing_mm']:g} mm",
               file=sys.stderr, flush=True)
     return case
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def warm_up(scan_dir: Path, methods) -> None:

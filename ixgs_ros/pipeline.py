@@ -7,12 +7,12 @@ Data flow: :class:`~ixgs_ros.core.scan.Scan` -> :func:`choose_grid` -> :class:`~
 from __future__ import annotations
 
 import json
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .core.resources import peak_rss_mb
 from .engine import EngineConfig, EngineError, ReconstructionEngine
 from .outputs.navigation import json_default
 from .core.geometry import views_bounding_sphere
@@ -147,7 +147,7 @@ def reconstruct_scan(scan, grid: Grid, config: EngineConfig, *, holdout: int = 0
         "views_holdout": sorted(held),
         "init_stages_s": init.stages,
         "loss_curve": curve,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
         "config": config.to_dict(),
         "grid": grid.to_dict(),
     }
