@@ -79,12 +79,14 @@ def test_duplicates_and_bad_views_are_refused_without_losing_accepted_ones(grid)
     assert s.submit("a", views[0], images[0]) is None
     assert "duplicate view_id" in s.submit("a", views[1], images[1])
     s.submit("bad", views[1], images[1][:-2])        # wrong size: the engine refuses it in the worker
-    s.submit("", views[1], images[1])                # no id: accepted, never a duplicate
-    s.submit("", views[2], images[2])
+    s.submit("", views[2], images[2])                # no id: accepted (the ROS node refuses empty ids itself)
     s.work_once()
-    assert len(s.engine.views) == 3 and s.view_ids == ["a", "", ""]
+    assert len(s.engine.views) == 2 and s.view_ids == ["a", ""]
     assert rec.said("error", "rejected view 'bad': the engine refused it")
     assert s.submit("bad", views[1], images[1]) is None  # a refused id may be sent again
+    # the content of an accepted view under another id: one shot sent twice
+    assert "the same image and pose as a view already accepted" in s.submit("c", views[2], images[2].copy())
+    assert s.status().rejected == {"duplicate_content": 1, "duplicate_id": 1, "engine": 1}
 
 
 def test_heldout_views_are_scored_not_trained(grid):
@@ -157,3 +159,34 @@ def test_snapshots_take_at_most_their_share_of_the_worker_time(grid):
     period = s.snapshot_period()
     assert period == pytest.approx(12.0) and s._snapshot_s / (period + s._snapshot_s) == \
         pytest.approx(s.live.snapshot_share)
+
+
+def test_reset_and_reinit_requests(grid, tmp_path):
+    """An operator's reset drops every view (also after a restart, from state_dir) and a requested re-init
+    initialises again from all training views; both happen in the worker, between chunks."""
+    import threading
+
+    views, images = sphere_views(n=4)
+    rec = Recorder()
+    s = _session(grid, rec, state_dir=tmp_path)
+    assert "nothing to re-initialise yet" in s.request_reinit()
+    for k in range(3):
+        s.submit(f"v{k}", views[k], images[k])
+    _run_until(s, lambda: s.status().state == "converged")
+    assert s.request_reinit() is None
+    it = s.engine.iteration
+    _run_until(s, lambda: s.engine.iteration > it and s.status().state == "converged")
+    assert rec.said("info", "re-initialising from 3 training views (the current volume was initialised from 3); "
+                            "requested")
+    assert s.status().volume_stage == "final" and s.status().volume_view_ids == ("v0", "v1", "v2")
+    t = threading.Thread(target=lambda: s.reset(timeout=30.0, meta={"record_reset_seq": 7}))
+    t.start()
+    _run_until(s, lambda: not t.is_alive() and len(s.engine.views) == 0, rounds=200)
+    t.join()
+    st = s.status()
+    assert st.state == "idle" and st.volume_stage == "" and s.meta == {"record_reset_seq": 7}
+    assert s.submit("v0", views[0], images[0]) is None  # ids and contents of the dropped views are free again
+    s.work_once()
+    s2 = LiveSession.restore(tmp_path, grid, small_config(iterations=10, densify=False), LiveConfig(min_views=3))
+    assert s2.view_ids == ["v0"] and s2.meta == {"record_reset_seq": 7}
+    assert "the same image and pose" in s2.submit("other", views[0], images[0])  # content digests are restored
