@@ -43,6 +43,37 @@ __all__ = ["ThreadRunner", "ProcessRunner", "make_runner"]
 STATUS_PERIOD_S = 0.1  # how often the child sends its status
 
 
+LOCK_FILE = ".lock"
+
+
+def lock_state_dir(state_dir, log, timeout_s: float = 60.0):
+    """Hold ``state_dir/.lock`` (an advisory lock, released when this process ends) so that one process at a
+    time writes the state: a node restarted right after a ``kill -9`` waits for its predecessor's session process,
+    which saves and exits when it sees its parent gone. Returns the open lock file; ValueError after
+    ``timeout_s``."""
+    import fcntl
+
+    d = os.fspath(state_dir)
+    os.makedirs(d, exist_ok=True)
+    f = open(os.path.join(d, LOCK_FILE), "a+")
+    deadline = time.monotonic() + timeout_s
+    waited = False
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except OSError:
+            if time.monotonic() > deadline:
+                f.close()
+                raise ValueError(f"state_dir {d!r} is in use by another reconstruction process (still after "
+                                 f"{timeout_s:g} s); stop it or choose another state_dir") from None
+            if not waited:
+                waited = True
+                log("info", f"state_dir {d!r} is in use: waiting for the previous reconstruction process to save "
+                            "and exit")
+            time.sleep(0.2)
+
+
 def _build_session(grid: Grid, config: EngineConfig, live: LiveConfig, state_dir, on_volume, log) -> LiveSession:
     kwargs = dict(on_volume=on_volume, log=log)
     if state_dir:
@@ -62,6 +93,7 @@ class ThreadRunner:
     def __init__(self, grid: Grid, config: EngineConfig, live: LiveConfig, *, state_dir=None,
                  on_volume: Callable[[VolumeSnapshot], None] | None = None,
                  log: Callable[[str, str], None] | None = None, preload_rtk: bool = True):
+        self._lock = lock_state_dir(state_dir, log or (lambda level, text: None)) if state_dir else None
         self.session = _build_session(grid, config, live, state_dir, on_volume, log)
         self.info = _info(self.session)
         self._thread = threading.Thread(target=self.session.run, name="ixgs_reconstruction", daemon=True)
@@ -109,6 +141,8 @@ class ThreadRunner:
                 log_wait()
             self._thread.join()
         self.session.close()
+        if self._lock is not None:
+            self._lock.close()
 
 
 def _preload_rtk(log) -> None:
@@ -141,7 +175,7 @@ def _child_main(conn, grid, config, live, state_dir, preload_rtk) -> None:
     """The child process: the session, its worker thread, a status pusher; commands come over ``conn``."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    lock = threading.Lock()
+    send_lock = threading.Lock()
     alive = threading.Event()
     alive.set()
 
@@ -149,9 +183,9 @@ def _child_main(conn, grid, config, live, state_dir, preload_rtk) -> None:
         if not alive.is_set():
             return
         try:
-            with lock:
+            with send_lock:
                 conn.send(msg)
-        except (OSError, EOFError, BrokenPipeError):
+        except (OSError, EOFError, ValueError):
             alive.clear()  # the parent is gone
 
     def log(level, text):
@@ -162,6 +196,7 @@ def _child_main(conn, grid, config, live, state_dir, preload_rtk) -> None:
     lib.setLevel(logging.INFO)
     lib.propagate = False
     try:
+        state_lock = lock_state_dir(state_dir, log) if state_dir else None  # noqa: F841 (held while the process lives)
         session = _build_session(grid, config, live, state_dir, lambda snap: send(("volume", snap)), log)
     except Exception as exc:
         send(("error", str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"))

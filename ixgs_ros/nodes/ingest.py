@@ -31,6 +31,7 @@ pose within the skew up to ``max_wait_s``; :mod:`ixgs_ros.core.shot_sync`).
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -112,6 +113,7 @@ class IngestNode(Node):
         self.dropped = 0
         self.rejected = RejectionLedger()
         self.record_failures = 0
+        self._throttled: dict[tuple[str, str], tuple[float, int]] = {}
         self._warned_empty_frame = False
         self.record = None
         if p["record_dir"].strip():
@@ -156,17 +158,25 @@ class IngestNode(Node):
         self.params.update(changes)
 
     # ---------------------------------------------------------------------------------------- checks
-    def _refuse(self, key: str, text: str, throttle: bool = False) -> None:
+    def _refuse(self, key: str, text: str, throttle: bool = False, reason: str = "") -> None:
+        """Count and log a refused input. ``throttle`` (the pose and camera_info streams, tens of Hz): the same
+        ``(key, reason)`` is logged at most once every 5 s, saying how many were refused meanwhile."""
         self.rejected.count(key)
         if throttle:
-            self.get_logger().warning(text, throttle_duration_sec=5.0)
-        else:
-            self.get_logger().warning(text)
+            now = time.monotonic()
+            last, suppressed = self._throttled.get((key, reason), (-1e9, 0))
+            if now - last < 5.0:
+                self._throttled[(key, reason)] = (last, suppressed + 1)
+                return
+            self._throttled[(key, reason)] = (now, 0)
+            if suppressed:
+                text += f" ({suppressed} more refused for the same reason in the last {now - last:.0f} s)"
+        self.get_logger().warning(text)
 
     def _stamp_ok(self, what: str, stamp: float, throttle: bool = False) -> bool:
         bad = stamp_reason(stamp, now_s(self), self.params["max_future_s"])
         if bad:
-            self._refuse(bad[0], f"rejected {what}: {bad[1]}", throttle)
+            self._refuse(bad[0], f"rejected {what}: {bad[1]}", throttle, reason=what)
         return bad is None
 
     # ---------------------------------------------------------------------------------------- callbacks
@@ -207,7 +217,7 @@ class IngestNode(Node):
             result = self.sync.add_camera_info(stamp, np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
                                                msg.width, msg.height, now_s(self))
         except ShotSyncError as exc:
-            self._refuse("conversion", f"rejected camera_info: {exc}", throttle=True)
+            self._refuse("conversion", f"rejected camera_info: {exc}", throttle=True, reason="camera_info")
             return
         self._emit(*result)
 
@@ -219,10 +229,14 @@ class IngestNode(Node):
         try:
             T = cv.pose_to_matrix(msg.pose)
         except cv.QuaternionError as exc:
-            self._refuse("quaternion", f"rejected source_pose at {stamp:.6f} s: {exc}", throttle=True)
+            q = msg.pose.orientation  # one line per 5 s for each norm (to 0.1): a drifting stream does not flood
+            norm = float(np.linalg.norm([q.x, q.y, q.z, q.w]))
+            self._refuse("quaternion", f"rejected source_pose at {stamp:.6f} s: {exc}", throttle=True,
+                         reason=f"{norm:.1f}")
             return
         except cv.ConversionError as exc:
-            self._refuse("conversion", f"rejected source_pose at {stamp:.6f} s: {exc}", throttle=True)
+            self._refuse("conversion", f"rejected source_pose at {stamp:.6f} s: {exc}", throttle=True,
+                         reason="source_pose")
             return
         if not frame and not self._warned_empty_frame:
             self._warned_empty_frame = True
@@ -231,12 +245,12 @@ class IngestNode(Node):
             if self.tf is None:
                 self._refuse("frame", f"rejected source_pose in frame {frame!r}: poses must be given in world_frame "
                                       f"{self.world!r} (or set use_tf:=true to move them there through /tf)",
-                             throttle=True)
+                             throttle=True, reason=frame)
                 return
             try:
                 T = self.tf.lookup(self.world, frame, stamp) @ T
             except FrameError as exc:
-                self._refuse("frame", f"rejected source_pose in frame {frame!r}: {exc}", throttle=True)
+                self._refuse("frame", f"rejected source_pose in frame {frame!r}: {exc}", throttle=True, reason=frame)
                 return
         self._add_pose(stamp, T)
 
@@ -244,7 +258,7 @@ class IngestNode(Node):
         try:
             result = self.sync.add_pose(stamp, T, now_s(self))
         except ShotSyncError as exc:
-            self._refuse("conversion", f"rejected source pose: {exc}", throttle=True)
+            self._refuse("conversion", f"rejected source pose: {exc}", throttle=True, reason="sync")
             return
         self._emit(*result)
 
