@@ -10,7 +10,8 @@ CPU time and resident memory (the reconstruction node together with its session 
 * ``t_last_shot``: when the probe saw the last image on ``image_raw`` (the moment the C-arm shot);
 * the first volume after it, the first volume reconstructed from every training shot (``view_count``), and the
   final one (stage final, every shot), each in seconds after the last shot;
-* per node: CPU seconds, mean CPU share over the run, peak RSS;
+* per node: CPU seconds, mean CPU share over the run, peak RSS; the longest gap between two status messages
+  (the heartbeat, ``status_rate_hz``);
 * with a ground truth (``gt.nii.gz`` beside the scan) each volume's 3D PSNR / SSIM (R2-Gaussian's protocol), and
   with ``--compare-file`` the file-based reconstruction of the same shots (``ixgs_ros.pipeline``, the same
   engine configuration) and the difference of the final volumes' PSNR.
@@ -196,6 +197,7 @@ def main(argv=None) -> int:
 
         def on_status(msg):
             state["status"] = msg
+            state.setdefault("status_t", []).append(time.monotonic())
 
         node.create_subscription(Image, f"/{ns}/image_raw", lambda m: state["images"].append(time.monotonic()),
                                  shot_qos("best_effort"))
@@ -270,6 +272,8 @@ def main(argv=None) -> int:
         "final_status": None if final_status is None else {"message": final_status.message,
                                                             "wall_time_s": final_status.wall_time_s,
                                                             "views_rejected": final_status.views_rejected},
+        "status_max_gap_s": round(float(np.diff(state["status_t"]).max()), 2) if len(state.get("status_t", [])) > 1
+        else None,
         "first_volume_after_last_shot_s": after[0]["t"] if after else None,
         "first_volume_of_every_shot_s": every[0]["t"] if every else None,
         "final_volume_s": finals[0]["t"] if finals else None,
@@ -295,7 +299,8 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     (out / "live.md").write_text(f"`{result['command']}`\n\n{table}\n")
     print(table)
-    print(json.dumps({k: result.get(k) for k in ("converged", "shots_seen", "first_volume_after_last_shot_s",
+    print(json.dumps({k: result.get(k) for k in ("converged", "shots_seen", "status_max_gap_s",
+                                                 "first_volume_after_last_shot_s",
                                                  "first_volume_of_every_shot_s", "final_volume_s", "final_psnr_3d",
                                                  "file_based", "live_minus_file_psnr_db")}, indent=2))
     return 0 if result["converged"] else 1

@@ -127,8 +127,12 @@ class ShotRecord:
 
     @property
     def next_seq(self) -> int:
-        """The ``seq`` the next appended shot gets."""
+        """The ``seq`` the next shot appended through this object gets."""
         return self._next
+
+    def latest_seq(self) -> int:
+        """The largest ``seq`` committed on disk now (by any writer), -1 when none."""
+        return self._scan_next_seq() - 1
 
     def __len__(self) -> int:
         return sum(1 for p in self.shots_dir.iterdir() if _SHOT_NAME.match(p.name))

@@ -16,8 +16,11 @@ under one lock discipline, which reads best in one place.
 * The engine initialises from the training views present at its first step; its TV-SART solutions go to
   ``on_volume`` as previews as soon as they exist. Once the training views reach ``reinit_growth`` times those
   of the current init, the engine is re-initialised from all of them (3 -> 5 -> 8 -> 12 -> 18 -> 27 views at
-  1.5), so the volume keeps up as shots arrive. After the schedule, a new training view that does not trigger
-  a re-init adds ``refine_iterations`` more at the final learning rate.
+  1.5), so the volume keeps up as shots arrive. With ``supersede_init`` an (re-)initialisation still in its first
+  stage is abandoned (rolled back) as soon as the views waiting would make it due again at once (they reach
+  ``reinit_growth`` times those it started from): while shots keep coming, the work goes to the latest ones and
+  the initialisation from all of them starts right after the last shot. After the schedule, a new training view
+  that does not trigger a re-init adds ``refine_iterations`` more at the final learning rate.
 * With ``state_dir`` the engine state and the session's bookkeeping (``live_state.json``: view ids, schedule
   target) are written after every accepted batch of views, after every snapshot and on :meth:`close`, and
   restored by :meth:`LiveSession.restore`; a restarted session loses nothing it had accepted.
@@ -65,6 +68,7 @@ class LiveConfig:
     publish_period_s: float = 5.0   # volume snapshots while optimising
     chunk_iterations: int = 5       # iterations per engine.step call (between them: new views, snapshots, stop)
     snapshot_share: float = 0.2     # snapshots may take at most this share of the worker's time
+    supersede_init: bool = True     # abandon an init in its first stage for one from reinit_growth x more views
 
     def validate(self) -> "LiveConfig":
         for name, low in (("min_views", 1), ("heldout_views", 0), ("refine_iterations", 0),
@@ -114,6 +118,10 @@ class LiveStatus:
 
 class _Stopped(Exception):
     """Raised from the engine's progress callback to stop an initialisation at shutdown or for a reset."""
+
+
+class _Superseded(_Stopped):
+    """Raised from the engine's progress callback to abandon an initialisation for one from more views."""
 
 
 def _plural(n: int, word: str) -> str:
@@ -473,7 +481,7 @@ class LiveSession:
             with self.engine_lock:
                 n = min(self.live.chunk_iterations, self.target - self.engine.iteration)
                 return self.engine.step(n, progress=self._progress_callback(
-                    f"initialising from {st.views_used} training views") if initialising else None,
+                    f"initialising from {st.views_used} training views", st.views_used) if initialising else None,
                     preview=self._preview if initialising else None)
 
         new = self._guarded(chunk, "optimisation", "initialisation stopped by the shutdown; the views are kept (it "
@@ -513,7 +521,7 @@ class LiveSession:
         def reinit():
             with self.engine_lock:
                 new = self.engine.reinitialize(progress=self._progress_callback(
-                    f"re-initialising from {st.views_used} training views"))
+                    f"re-initialising from {st.views_used} training views", st.views_used))
                 self.target = self.engine.iteration + self.engine.config.iterations
                 self.save()
                 return new
@@ -532,6 +540,8 @@ class LiveSession:
         failed) gives None."""
         try:
             return call()
+        except _Superseded as exc:
+            self.log("info", str(exc))
         except _Stopped:
             self.log("info", f"{what} stopped for the reset" if self._reset_requested else stopped)
         except Exception as exc:
@@ -541,14 +551,31 @@ class LiveSession:
             self._init_progress = None
         return None
 
-    def _progress_callback(self, what: str):
-        """The engine's ``progress`` for an (re-)initialisation: shows the stage in the status and stops the
-        initialisation (the engine rolls it back) once the session is stopped."""
+    def _progress_callback(self, what: str, n_views: int = 0):
+        """The engine's ``progress`` for an (re-)initialisation from ``n_views`` training views: shows the stage in
+        the status and stops the initialisation (the engine rolls it back) once the session is stopped or reset,
+        or, in its first stage, once the views waiting supersede it (``supersede_init``)."""
+        first_stage: list[str] = []
+
         def progress(stage: str, done: int, total: int) -> None:
             self._init_progress = (what, stage, done, total)
             if self._stop or self._reset_requested:
                 raise _Stopped()
+            if not first_stage:
+                first_stage.append(stage)
+            g = self.live.reinit_growth
+            if self.live.supersede_init and g > 0 and n_views and stage == first_stage[0]:
+                waiting = self._waiting_training_views()
+                if n_views + waiting >= g * n_views:
+                    raise _Superseded(f"{what} abandoned in its {stage} ({done}/{total}): {waiting} more shots "
+                                      f"arrived, it starts again from all {n_views + waiting}")
         return progress
+
+    def _waiting_training_views(self) -> int:
+        """Queued views that will train (not held out); called with the engine lock held."""
+        with self._cond:
+            queued = len(self._pending)
+        return max(0, queued - max(0, self.live.heldout_views - len(self.engine.holdout_indices)))
 
     def _train_ids(self) -> tuple[str, ...]:
         return tuple(vid for vid, vd in zip(self.view_ids, self.engine.views) if not vd.holdout)

@@ -47,7 +47,7 @@ class RecordTakeUp:
 
     def last_seq(self) -> int:
         rec = self.record()
-        return rec._scan_next_seq() - 1 if rec is not None else -1
+        return rec.latest_seq() if rec is not None else -1
 
     def poll(self, now: float | None = None) -> int:
         """Submit the recorded shots the runner does not know (older than ``grace_s``); returns how many."""

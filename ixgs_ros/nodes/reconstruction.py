@@ -70,6 +70,8 @@ PARAMETERS = {
                            "128^3) and restart the schedule once the training views reach this multiple of the "
                            "views the current volume was initialised from; 0 = never (later views then only join "
                            "the loss)"),
+    "supersede_init": (True, "Abandon an initialisation still in its first stage when the shots that arrived meanwhile "
+                             "would make it due again (reinit_growth): the work goes to the latest shots"),
     "refine_iterations": (50, "Iterations run after the schedule each time new training views arrive "
                               "(at the schedule's final learning rate); 0 = store them without optimising"),
     "volume_size": ([128, 128, 128], "Output grid size in voxels (I, J, K)"),
@@ -218,7 +220,8 @@ class ReconstructionNode(Node):
         self.world_frame = str(p["world_frame"])
         live = LiveConfig(min_views=int(p["min_views"]), heldout_views=int(p["heldout_views"]),
                           reinit_growth=float(p["reinit_growth"]), refine_iterations=int(p["refine_iterations"]),
-                          publish_period_s=float(p["volume_publish_period_s"]))
+                          publish_period_s=float(p["volume_publish_period_s"]),
+                          supersede_init=bool(p["supersede_init"]))
         if int(p["iterations"]) < 1:
             raise ValueError(f"iterations must be >= 1, got {p['iterations']}")
         live.validate()
