@@ -60,7 +60,8 @@ def _triangles(markers) -> tuple[np.ndarray, list[tuple]]:
     return np.concatenate(tris), colours
 
 
-def render(msgs: dict, path, *, title: str = "ixgs_ros live outputs (as RViz shows them)", max_triangles: int = 30000,
+def render(msgs: dict, path, *, title: str = "ixgs_ros live outputs as RViz shows them (slices: bone window W 1800 "
+                                            "L 450 HU)", max_triangles: int = 30000,
            max_points: int = 20000) -> Path:
     """Draw ``msgs`` (from :func:`collect`) into ``path`` (PNG)."""
     import matplotlib
@@ -69,6 +70,7 @@ def render(msgs: dict, path, *, title: str = "ixgs_ros live outputs (as RViz sho
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
+    from ixgs_ros.core.volume import mu_to_hu
     from ixgs_ros.nodes import convert as cv
     from ixgs_ros.nodes import convert_outputs as co
 
@@ -90,7 +92,8 @@ def render(msgs: dict, path, *, title: str = "ixgs_ros live outputs (as RViz sho
             ax.add_collection3d(Poly3DCollection(tris, facecolors=face, edgecolors="none"))
             lo, hi = np.minimum(lo, tris.reshape(-1, 3).min(0)), np.maximum(hi, tris.reshape(-1, 3).max(0))
         n_pieces = sum(1 for m in msgs["markers"].markers if m.points)
-        ax.set_title(f"bone_markers: {n_pieces} pieces, {len(tris)} triangles", color="white")
+        ax.set_title(f"bone_markers: {n_pieces} piece{'s' if n_pieces != 1 else ''}, {len(tris)} triangles",
+                     color="white")
     cloud_ax = fig.add_subplot(2, 3, 3, projection="3d", facecolor="black")
     if "cloud" in msgs:
         c = co.msg_to_cloud(msgs["cloud"])
@@ -99,7 +102,7 @@ def render(msgs: dict, path, *, title: str = "ixgs_ros live outputs (as RViz sho
             keep = np.linspace(0, len(xyz) - 1, max_points).astype(int)
             xyz, hu = xyz[keep], hu[keep]
         if len(xyz):
-            cloud_ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=hu, s=1, cmap="inferno", vmin=200, vmax=1500)
+            cloud_ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=hu, s=1, cmap="plasma", vmin=200, vmax=900)
             lo, hi = np.minimum(lo, xyz.min(0)), np.maximum(hi, xyz.max(0))
         cloud_ax.set_title(f"bone_cloud: {msgs['cloud'].width} points (HU)", color="white")
     for a in (ax, cloud_ax):
@@ -110,6 +113,9 @@ def render(msgs: dict, path, *, title: str = "ixgs_ros live outputs (as RViz sho
             a.set_zlim(mid[2] - half, mid[2] + half)
         a.view_init(elev=15, azim=-60)
         a.tick_params(colors="grey", labelsize=6)
+        for pane in (a.xaxis.pane, a.yaxis.pane, a.zaxis.pane):  # RViz's dark background
+            pane.set_facecolor((0.19, 0.19, 0.19, 1.0))
+            pane.set_edgecolor("grey")
         for axis, name in zip((a.xaxis, a.yaxis, a.zaxis), "xyz"):
             axis.label.set_color("grey")
             axis.set_label_text(f"{name} (mm)")
@@ -118,9 +124,9 @@ def render(msgs: dict, path, *, title: str = "ixgs_ros live outputs (as RViz sho
         a.set_facecolor("black")
         a.axis("off")
         if plane in msgs:
-            img = cv.image_to_array(msgs[plane])
-            a.imshow(img, cmap="gray", vmin=0.0, vmax=max(float(np.percentile(img, 99.5)), 1e-6))
-            a.set_title(f"mpr/{plane} {img.shape[1]}x{img.shape[0]} ({msgs[plane].encoding})", color="white")
+            img = mu_to_hu(cv.image_to_array(msgs[plane]))  # the message holds mu (1/mm); shown in a bone window
+            a.imshow(img, cmap="gray", vmin=-450.0, vmax=1350.0)
+            a.set_title(f"mpr/{plane} {img.shape[1]}x{img.shape[0]} {msgs[plane].encoding}", color="white")
         else:
             a.set_title(f"mpr/{plane}: nothing received", color="red")
     path = Path(path)
