@@ -81,7 +81,8 @@ def test_bad_transforms_and_unknown_frames_are_refused():
     g = FrameGraph()
     g.set_transform("world", "tracker", np.eye(4), 0.0, static=True)
     g.set_transform("tracker", "marker", np.eye(4), 0.0, static=True)
-    with pytest.raises(FrameError, match="'marker' <- 'world': 'world' is already an ancestor of 'marker' \\(a loop\\)"):
+    with pytest.raises(FrameError, match="'marker' <- 'world': 'world' is already an ancestor of 'marker' "
+                                         "\\(a loop\\)"):
         g.set_transform("marker", "world", np.eye(4), 0.0)
     with pytest.raises(FrameError, match="own parent"):
         g.set_transform("a", "a", np.eye(4), 0.0)

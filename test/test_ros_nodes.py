@@ -449,7 +449,8 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
     }}}))
     grid = Grid.centered(16, 2.5, center)
     views, images = sphere_scan(12)
-    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time()) for i, (v, im) in enumerate(zip(views, images))]
+    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time())
+            for i, (v, im) in enumerate(zip(views, images))]
     wrong_frame = cv.view_to_xray_view(views[9], images[9], view_id="wrong_frame", stamp=time.time(), frame_id="map")
 
     procs = [start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "--params-file", str(params))]
@@ -579,7 +580,8 @@ def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_s
     }}}))
     grid = Grid.centered(16, 2.5, (0.0, 0.0, 0.0))
     views, images = sphere_scan(6)
-    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time()) for i, (v, im) in enumerate(zip(views, images))]
+    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time())
+            for i, (v, im) in enumerate(zip(views, images))]
     procs = []
     ctx = rclpy.Context()
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
@@ -657,7 +659,8 @@ def test_a_burst_of_shots_at_start_up_loses_none(ros_env):
     n = 30
     ns = "/ixgs_burst"
     views, images = sphere_scan(n)
-    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time()) for i, (v, im) in enumerate(zip(views, images))]
+    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time())
+            for i, (v, im) in enumerate(zip(views, images))]
     proc = start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "-p", "volume_size:=[16,16,16]",
                       "-p", "voxel_size_mm:=2.5", "-p", f"min_views:={n + 1}", "-p", "status_rate_hz:=10.0")
     ctx = rclpy.Context()
@@ -747,7 +750,8 @@ def test_reconstruction_node_reports_a_failed_optimisation_retries_and_keeps_its
     try:
         node = ReconstructionNode(context=ctx)
         views, images = sphere_scan(4)
-        msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time()) for i, (v, im) in enumerate(zip(views, images))]
+        msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time())
+            for i, (v, im) in enumerate(zip(views, images))]
 
         def wait_for(cond, timeout=30.0):
             deadline = time.monotonic() + timeout
