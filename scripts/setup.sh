@@ -12,7 +12,7 @@ cd "$ROOT"
 
 inputs_hash() {
   cat scripts/setup.sh requirements.lock setup.py setup.cfg package.xml CMakeLists.txt cmake/*.cmake \
-      msg/*.msg cuda_ext/*.cpp cuda_ext/*.h 2>/dev/null | sha256sum | cut -d' ' -f1
+      msg/*.msg srv/*.srv interfaces/*/msg/*.msg interfaces/*/CMakeLists.txt cuda_ext/*.cpp cuda_ext/*.h 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 HASH="$(inputs_hash)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" && -x "$PY" ]]; then

@@ -79,12 +79,14 @@ def test_duplicates_and_bad_views_are_refused_without_losing_accepted_ones(grid)
     assert s.submit("a", views[0], images[0]) is None
     assert "duplicate view_id" in s.submit("a", views[1], images[1])
     s.submit("bad", views[1], images[1][:-2])        # wrong size: the engine refuses it in the worker
-    s.submit("", views[1], images[1])                # no id: accepted, never a duplicate
-    s.submit("", views[2], images[2])
+    s.submit("", views[2], images[2])                # no id: accepted (the ROS node refuses empty ids itself)
     s.work_once()
-    assert len(s.engine.views) == 3 and s.view_ids == ["a", "", ""]
+    assert len(s.engine.views) == 2 and s.view_ids == ["a", ""]
     assert rec.said("error", "rejected view 'bad': the engine refused it")
     assert s.submit("bad", views[1], images[1]) is None  # a refused id may be sent again
+    # the content of an accepted view under another id: one shot sent twice
+    assert "the same image and pose as a view already accepted" in s.submit("c", views[2], images[2].copy())
+    assert s.status().rejected == {"duplicate_content": 1, "duplicate_id": 1, "engine": 1}
 
 
 def test_heldout_views_are_scored_not_trained(grid):
@@ -157,3 +159,124 @@ def test_snapshots_take_at_most_their_share_of_the_worker_time(grid):
     period = s.snapshot_period()
     assert period == pytest.approx(12.0) and s._snapshot_s / (period + s._snapshot_s) == \
         pytest.approx(s.live.snapshot_share)
+
+
+def test_reset_and_reinit_requests(grid, tmp_path):
+    """An operator's reset drops every view (also after a restart, from state_dir) and a requested re-init
+    initialises again from all training views; both happen in the worker, between chunks."""
+    import threading
+
+    views, images = sphere_views(n=4)
+    rec = Recorder()
+    cfg = small_config(iterations=10, densify=False, **{"init.solver": "torch"})  # no RTK to load: quicker
+    s = LiveSession(grid, cfg, LiveConfig(min_views=3, chunk_iterations=5, publish_period_s=1e-3),
+                    on_volume=rec.on_volume, log=rec.log, state_dir=tmp_path)
+    assert "nothing to re-initialise yet" in s.request_reinit()
+    for k in range(3):
+        s.submit(f"v{k}", views[k], images[k])
+    _run_until(s, lambda: s.status().state == "converged")
+    assert s.request_reinit() is None
+    it = s.engine.iteration
+    _run_until(s, lambda: s.engine.iteration > it and s.status().state == "converged")
+    assert rec.said("info", "re-initialising from 3 training views (the current volume was initialised from 3); "
+                            "requested")
+    assert s.status().volume_stage == "final" and s.status().volume_view_ids == ("v0", "v1", "v2")
+    t = threading.Thread(target=lambda: s.reset(timeout=30.0, meta={"record_reset_seq": 7}))
+    t.start()
+    _run_until(s, lambda: not t.is_alive() and len(s.engine.views) == 0, rounds=200)
+    t.join()
+    st = s.status()
+    assert st.state == "idle" and st.volume_stage == "" and s.meta == {"record_reset_seq": 7}
+    assert s.submit("v0", views[0], images[0]) is None  # ids and contents of the dropped views are free again
+    s.work_once()
+    s2 = LiveSession.restore(tmp_path, grid, cfg, LiveConfig(min_views=3))
+    assert s2.view_ids == ["v0"] and s2.meta == {"record_reset_seq": 7}
+    assert "the same image and pose" in s2.submit("other", views[0], images[0])  # content digests are restored
+
+
+def test_the_session_in_a_child_process(grid, tmp_path):
+    """ProcessRunner: views go to the session in its own process, status and volumes come back, reset and re-init
+    requests are answered, close saves; a second runner on the same state_dir waits for the first to let it go,
+    and a state of another grid is refused with the child's one-line reason."""
+    import time
+
+    from ixgs_ros.engine.live_process import ProcessRunner
+
+    views, images = sphere_views(n=4)
+    cfg = small_config(iterations=10, densify=False, **{"init.solver": "torch"})
+    rec = Recorder()
+    r = ProcessRunner(grid, cfg, LiveConfig(min_views=3, chunk_iterations=5), state_dir=tmp_path,
+                      on_volume=rec.on_volume, log=rec.log, preload_rtk=False)
+
+    def wait(cond, timeout=120.0):
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return cond()
+
+    try:
+        assert r.info["restored_views"] == 0 and not r.knows("v0")
+        for k in range(3):
+            r.submit(f"v{k}", views[k], images[k])
+        r.submit("v0", views[3], images[3])             # a duplicate id: refused and counted by the child
+        r.reject("saturated", "'x'", "a front end's own check")
+        assert r.knows("v0")
+        assert wait(lambda: r.status().get("state") == "converged"), r.status()
+        st = r.status()
+        assert st["views_used"] == 3 and st["rejected"] == {"duplicate_id": 1, "saturated": 1}
+        assert st["volume_stage"] == "final" and st["volume_view_ids"] == ["v0", "v1", "v2"]
+        assert rec.volumes and rec.volumes[-1].stage == "final" and r.last_volume.mu.shape == grid.shape
+        assert rec.said("error", "rejected view 'v0': duplicate view_id")
+        assert r.request_reinit() is None
+        assert r.reset(timeout=60.0, meta={"record_reset_seq": 2})
+        assert wait(lambda: r.status().get("state") == "idle" and r.meta.get("record_reset_seq") == 2)
+        r.submit("v3", views[3], images[3])
+        assert wait(lambda: r.status().get("views_used") == 1)
+    finally:
+        r.close()
+    r2 = ProcessRunner(grid, cfg, LiveConfig(min_views=3), state_dir=tmp_path, preload_rtk=False)
+    try:
+        assert r2.info["restored_views"] == 1 and r2.knows("v3") and r2.meta == {"record_reset_seq": 2}
+    finally:
+        r2.close()
+    with pytest.raises(ValueError, match="holds a reconstruction on grid"):
+        ProcessRunner(Grid.centered(20, 2.5, (0, 0, 0)), cfg, LiveConfig(), state_dir=tmp_path, preload_rtk=False)
+
+
+@pytest.mark.parametrize("supersede", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_an_initialisation_gives_way_to_one_from_the_shots_that_arrived(grid, supersede):
+    """Shots keep coming during a long first initialisation: once those waiting reach reinit_growth times the
+    views it started from, it is abandoned in its first stage and the next one starts from all of them (the
+    final volume comes from every shot, with no re-initialisation after it); with supersede_init off it runs to
+    its end and a re-initialisation follows."""
+    import threading
+    import time
+
+    views, images = sphere_views(n=5)
+    for supersede in (supersede,):
+        rec = Recorder()
+        cfg = small_config(iterations=10, densify=False, **{"init.solver": "torch", "init.passes": 400})
+        s = LiveSession(grid, cfg, LiveConfig(min_views=3, chunk_iterations=5, publish_period_s=1e-3,
+                                              supersede_init=supersede), on_volume=rec.on_volume, log=rec.log)
+        for k in range(3):
+            s.submit(f"v{k}", views[k], images[k])
+        worker = threading.Thread(target=s.run, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while s._init_progress is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s._init_progress is not None and s._init_progress[3] == 400  # in its first stage (400 passes)
+        for k in (3, 4):
+            s.submit(f"v{k}", views[k], images[k])
+        while not (s.status().state == "converged" and len(s.engine.views) == 5) and time.monotonic() < deadline + 300:
+            time.sleep(0.05)
+        s.stop()
+        worker.join()
+        assert s.status().state == "converged" and rec.volumes[-1].view_ids == ("v0", "v1", "v2", "v3", "v4")
+        abandoned = rec.said("info", "initialising from 3 training views abandoned in its")
+        reinits = rec.said("info", "re-initialising from 5 training views")
+        if supersede:
+            assert abandoned and not reinits and "2 more shots arrived, it starts again from all 5" in abandoned[0]
+            assert all(len(v.view_ids) == 5 for v in rec.volumes)  # nothing from the abandoned 3-view init
+        else:
+            assert not abandoned and reinits

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_ITEMS = ["package.xml", "CMakeLists.txt", "cmake", "msg", "ixgs_ros", "setup.py", "setup.cfg",
+PACKAGE_ITEMS = ["package.xml", "CMakeLists.txt", "cmake", "msg", "srv", "ixgs_ros", "setup.py", "setup.cfg",
                  "resource", "launch", "config"]
 NODES = ["xray_ingest_node", "standardize_node", "reconstruction_node", "scan_player_node"]
-MESSAGES = {"XrayView": "_xray_view.py", "Volume": "_volume.py", "ReconstructionStatus": "_reconstruction_status.py"}
+MESSAGES = {"XrayView": "_xray_view.py", "Volume": "_volume.py", "ReconstructionStatus": "_reconstruction_status.py",
+            "BoneMesh": "_bone_mesh.py", "BoneMeshes": "_bone_meshes.py"}
 
 pytestmark = pytest.mark.ros
 
@@ -68,6 +69,7 @@ def test_colcon_build_installs_interfaces_and_nodes(tmp_path):
     # generated Python interfaces and their type support
     for module in MESSAGES.values():
         assert (site / "ixgs_ros" / "msg" / module).is_file(), module
+    assert (site / "ixgs_ros" / "srv" / "_save_snapshot.py").is_file()
     assert list((site / "ixgs_ros").glob("ixgs_ros_s__rosidl_typesupport_c*.so"))
     assert (install / "lib" / "libixgs_ros__rosidl_typesupport_c.so").is_file()
     # the Python sources next to them, with the real package __init__ (not rosidl's empty one)

@@ -243,11 +243,12 @@ def test_volume_errors():
 # ------------------------------------------------------------------------------------------------ status
 def test_status_roundtrip():
     d = {"state": "optimizing", "views_used": 7, "iterations": 1200, "num_gaussians": 50000, "loss": 0.125,
-         "heldout_psnr_2d": 31.5, "message": "ok", "wall_time_s": 12.5}
+         "heldout_psnr_2d": 31.5, "message": "ok", "wall_time_s": 12.5, "rejected": {"stamp_zero": 2},
+         "volume_stage": "gaussian", "volume_view_ids": ["a", "b"], "volume_iteration": 1000}
     msg = cv.status_to_msg(d, frame_id="patient", stamp=2.5)
     assert msg.state == ReconstructionStatus.OPTIMIZING
     back = cv.status_msg_to_dict(deserialize_message(serialize_message(msg), ReconstructionStatus))
-    assert back == {**d, "stamp": 2.5}
+    assert back == {**d, "stamp": 2.5, "version": 2, "volume_view_count": 2, "views_rejected": 2}
 
 
 def test_status_defaults_and_errors():

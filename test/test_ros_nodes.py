@@ -56,12 +56,20 @@ def test_nodes_never_call_the_deprecated_logger_warn():
 
 
 def test_yaml_matches_declared_parameters():
-    config = yaml.safe_load((ROOT / "config" / "ixgs.yaml").read_text())
+    """Every parameter with a default is in the YAML with a value of its type; those declared without a value
+    (a ``Parameter.Type``: unset means something) are commented there."""
+    from rclpy.parameter import Parameter
+
+    text = (ROOT / "config" / "ixgs.yaml").read_text()
+    config = yaml.safe_load(text)
     assert set(config) == {f"/**/{name}" for name in MODULES}
     for name, mod in MODULES.items():
         spec = importlib.import_module(f"ixgs_ros.nodes.{mod}").PARAMETERS
         values = config[f"/**/{name}"]["ros__parameters"]
-        assert set(values) == set(spec), name
+        unset = {k for k, (default, _) in spec.items() if isinstance(default, Parameter.Type)}
+        assert set(values) == set(spec) - unset, name
+        for key in unset:
+            assert f"# {key}:" in text, key
         for key, value in values.items():
             default = spec[key][0]
             assert type(value) is type(default), f"{name}.{key}: {value!r} vs default {default!r}"
@@ -160,8 +168,8 @@ def test_nodes_run_and_reconstruction_reports_status(ros_env):
         assert spin_until(lambda: views.get_subscription_count() > 0)
         view = View([[500.0, 0.0, 15.5], [0.0, 500.0, 11.5], [0.0, 0.0, 1.0]],
                     look_at([0.0, -500.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]), 32, 24)
-        good = cv.view_to_xray_view(view, np.ones(view.shape, np.float32), view_id="v1")
-        bad = cv.view_to_xray_view(view, np.ones(view.shape, np.float32), view_id="bad")
+        good = cv.view_to_xray_view(view, np.ones(view.shape, np.float32), view_id="v1", stamp=time.time())
+        bad = cv.view_to_xray_view(view, np.ones(view.shape, np.float32), view_id="bad", stamp=time.time())
         bad.camera_info.k[0] = -1.0  # invalid intrinsics: must be rejected, not counted
         views.publish(bad)
         views.publish(good)
@@ -178,7 +186,7 @@ def test_nodes_run_and_reconstruction_reports_status(ros_env):
         results = {name: stop(p) for name, p in procs.items()}
     for name, (rc, out) in results.items():
         assert rc == 0, f"{name} did not stop cleanly on SIGTERM (rc={rc}):\n{out}"
-    assert "rejected view: XrayView 'bad'" in results["reconstruction"][1]
+    assert "rejected view 'bad': XrayView 'bad'" in results["reconstruction"][1]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -200,7 +208,7 @@ def test_node_stops_promptly_on_signal_at_any_moment(ros_env, sig):
         assert rc == 0 and time.monotonic() - t0 < 5.0, (delay, rc, proc.stdout.read())
 
 
-def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ros_env):
+def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ros_env, tmp_path):
     """Raw uint16 detector images + camera_info + a 100 Hz tracker stream in; out of standardize_node come
     line-integral views binned 2x2, each with the pose nearest its stamp (in mm after conversion), the
     exact stamp, a view_id, and -ln(I/I0) of the image. A pose in a foreign frame is refused; an image
@@ -219,6 +227,7 @@ def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ro
     i0 = 4000.0
     procs = {
         "ingest": start_node("ingest", ros_env, "-r", f"__ns:={ns}", "-p", "max_sync_skew_s:=0.006",
+                             "-p", f"record_dir:={tmp_path / 'record'}",
                              "-p", "source_detector_distance_mm:=1000.0"),
         "standardize": start_node("standardize", ros_env, "-r", f"__ns:={ns}", "-p", "downsample:=2",
                                   "-p", f"i0:={i0}"),
@@ -248,8 +257,9 @@ def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ro
         spin_until = spinner(executor, 30.0, 0.02)
 
         assert spin_until(lambda: pub_img.get_subscription_count() > 0 and pub_pose.get_subscription_count() > 0
-                          and pub_info.get_subscription_count() > 0 and node.count_publishers(f"{ns}/xray_views") > 0)
-        assert spin_until(lambda: False, timeout=1.0) is False  # let discovery settle both ways
+                          and pub_info.get_subscription_count() > 0 and node.count_publishers(f"{ns}/xray_views") > 0
+                          and node.count_subscribers(f"{ns}/xray_views_raw") > 0)
+        assert spin_until(lambda: False, timeout=3.0) is False  # let discovery settle between the nodes too
 
         def publish_pose(t, frame="world"):
             msg = PoseStamped()
@@ -281,6 +291,12 @@ def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ro
     assert len(got) == 2, f"{[m.view_id for m in got]}\n{ingest_log}\n{results['standardize'][1]}"
     assert "rejected source_pose in frame 'tracker': poses must be given in world_frame 'world'" in ingest_log
     assert "image at 100.503000 s dropped: it is 30x24 but its camera_info says 32x24" in ingest_log
+    from ixgs_ros.core.shot_record import ShotRecord
+
+    recorded = ShotRecord(tmp_path / "record").entries()  # every published shot was recorded first, as sent
+    assert [s.view_id for s in recorded] == ["shot_000", "shot_001"] and [s.stamp for s in recorded] == [100.012,
+                                                                                                     101.004]
+    assert recorded[0].image().dtype == np.uint16 and recorded[0].meta == {"sdd": 1000.0}
     for msg, k, view_id in zip(got, (0, 2), ("shot_000", "shot_001")):
         t = shot_stamps[k]
         assert msg.view_id == view_id and msg.image_kind == XrayView.IMAGE_KIND_LINE_INTEGRAL
@@ -391,7 +407,9 @@ def test_scan_player_drives_ingest_and_standardize(ros_env, tmp_path):
         results = {name: stop(p) for name, p in procs.items()}
     logs = "\n".join(f"--- {name}\n{out}" for name, (rc, out) in results.items())
     assert all(rc == 0 for rc, _ in results.values()), logs
-    assert [m.view_id for m in got] == [f"shot_{k:03d}" for k in range(len(views))], logs
+    # without a shot record, ids carry a random session token: unique across restarts of the ingest node
+    token = got[0].view_id.split("_")[1]
+    assert len(token) == 6 and [m.view_id for m in got] == [f"shot_{token}_{k:03d}" for k in range(len(views))], logs
     assert "played all 4 views" in results["player"][1]
     for msg, view, p in zip(got, views, proj):
         v = cv.xray_view_to_view(msg)
@@ -431,8 +449,9 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
     }}}))
     grid = Grid.centered(16, 2.5, center)
     views, images = sphere_scan(12)
-    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
-    wrong_frame = cv.view_to_xray_view(views[9], images[9], view_id="wrong_frame", frame_id="map")
+    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time())
+            for i, (v, im) in enumerate(zip(views, images))]
+    wrong_frame = cv.view_to_xray_view(views[9], images[9], view_id="wrong_frame", stamp=time.time(), frame_id="map")
 
     procs = [start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "--params-file", str(params))]
     outputs = []
@@ -561,7 +580,8 @@ def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_s
     }}}))
     grid = Grid.centered(16, 2.5, (0.0, 0.0, 0.0))
     views, images = sphere_scan(6)
-    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
+    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time())
+            for i, (v, im) in enumerate(zip(views, images))]
     procs = []
     ctx = rclpy.Context()
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
@@ -639,7 +659,8 @@ def test_a_burst_of_shots_at_start_up_loses_none(ros_env):
     n = 30
     ns = "/ixgs_burst"
     views, images = sphere_scan(n)
-    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
+    msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time())
+            for i, (v, im) in enumerate(zip(views, images))]
     proc = start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "-p", "volume_size:=[16,16,16]",
                       "-p", "voxel_size_mm:=2.5", "-p", f"min_views:={n + 1}", "-p", "status_rate_hz:=10.0")
     ctx = rclpy.Context()
@@ -693,7 +714,7 @@ def test_reconstruction_node_rejects_views_that_do_not_see_its_grid(ros_env):
         assert spin_until(lambda: pub.get_subscription_count() > 0 and statuses), "reconstruction_node did not come up"
         views, images = sphere_scan(3)
         for i, (v, im) in enumerate(zip(views, images)):
-            pub.publish(cv.view_to_xray_view(v, im, view_id=f"shot_{i}"))
+            pub.publish(cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time()))
         spin_until(lambda: False, timeout=2.0)
         assert statuses[-1].state == ReconstructionStatus.IDLE and statuses[-1].views_used == 0, statuses[-1]
         node.destroy_node()
@@ -724,12 +745,13 @@ def test_reconstruction_node_reports_a_failed_optimisation_retries_and_keeps_its
     monkeypatch.setattr(ReconstructionEngine, "step", failing_step)
     ctx = rclpy.Context()
     rclpy.init(context=ctx, args=["--ros-args", "-r", "__ns:=/ixgs_fault", "-p", "volume_size:=[16,16,16]",
-                                  "-p", "min_views:=3"])
+                                  "-p", "min_views:=3", "-p", "worker_process:=false"])
     node = None
     try:
         node = ReconstructionNode(context=ctx)
         views, images = sphere_scan(4)
-        msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}") for i, (v, im) in enumerate(zip(views, images))]
+        msgs = [cv.view_to_xray_view(v, im, view_id=f"shot_{i}", stamp=time.time())
+            for i, (v, im) in enumerate(zip(views, images))]
 
         def wait_for(cond, timeout=30.0):
             deadline = time.monotonic() + timeout

@@ -9,10 +9,14 @@ it converted messages.
 
 Timing rules:
 
-* The nearest pose is only known once a pose stamped at or after the image has arrived. Until then the
-  image waits; a tracker streaming poses resolves each image as soon as its next pose arrives.
+* The nearest pose is only known once a pose stamped at or after the image has arrived, and one within the
+  skew is there. Until then the image waits; a tracker streaming poses resolves each image as soon as its next
+  pose arrives. Images may arrive out of stamp order: an image older than poses already received, whose own
+  pose samples are still on their way, waits for them like any other (it is not paired with a far pose or
+  dropped at once).
 * Intrinsics must be stamped within the skew of the image (as ROS camera drivers do, publishing
-  camera_info with each image under the image's stamp); any such camera_info resolves the image at once.
+  camera_info with each image under the image's stamp); any such camera_info resolves the image at once, and
+  the image waits for one until ``max_wait_s``.
 * An image still unresolved ``max_wait_s`` after it arrived (wall clock, ``now`` arguments) is decided
   with what is there: paired if a pose / intrinsics within the skew exist, dropped otherwise, with a reason
   naming the stream, the image stamp and the nearest stamp difference.
@@ -177,8 +181,11 @@ class ShotAssembler:
 
     # ------------------------------------------------------------------------------------------ pairing
     def _ready(self, stream: _Stream, stamp: float, expired: bool) -> bool:
-        """Is the nearest sample of ``stream`` to ``stamp`` final (no later one can be nearer)?"""
-        return expired or stream.newest() >= stamp
+        """Is the nearest sample of ``stream`` to ``stamp`` final: one within the skew is there and a later one
+        (nearer) can no longer come, or the image waited long enough?"""
+        if expired or stamp < stream.newest() - self.history_s:  # samples that old are forgotten at once
+            return True
+        return stream.newest() >= stamp and stream.nearest(stamp)[1] <= self.max_skew_s
 
     def _resolve(self, now: float):
         shots: list[Shot] = []
@@ -186,8 +193,8 @@ class ShotAssembler:
         keep: list[_Pending] = []
         for p in self._pending:
             expired = float(now) - p.arrived >= self.max_wait_s
-            info_ready = self._ready(self._info, p.stamp, expired) or \
-                self._info.nearest(p.stamp)[1] <= self.max_skew_s  # intrinsics: any within the skew will do
+            info_ready = (expired or self._info.nearest(p.stamp)[1] <= self.max_skew_s  # any within the skew will do
+                          or p.stamp < self._info.newest() - self.history_s)
             if not (info_ready and self._ready(self._pose, p.stamp, expired)):
                 keep.append(p)
                 continue

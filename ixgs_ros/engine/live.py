@@ -1,5 +1,8 @@
 """The live reconstruction policy, ROS-free: views arrive one by one while the engine works.
 
+Long because the policy is one state machine (input queue, schedule, re-inits, operator requests, persistence)
+under one lock discipline, which reads best in one place.
+
 :class:`LiveSession` owns a :class:`~ixgs_ros.engine.ReconstructionEngine` and decides what to do next; the ROS
 ``reconstruction_node`` only converts messages and publishes what the session hands it, and any other front end
 (a test, a replay from files) can drive it the same way.
@@ -13,13 +16,21 @@
 * The engine initialises from the training views present at its first step; its TV-SART solutions go to
   ``on_volume`` as previews as soon as they exist. Once the training views reach ``reinit_growth`` times those
   of the current init, the engine is re-initialised from all of them (3 -> 5 -> 8 -> 12 -> 18 -> 27 views at
-  1.5), so the volume keeps up as shots arrive. After the schedule, a new training view that does not trigger
-  a re-init adds ``refine_iterations`` more at the final learning rate.
+  1.5), so the volume keeps up as shots arrive. With ``supersede_init`` an (re-)initialisation still in its first
+  stage is abandoned (rolled back) as soon as the views waiting would make it due again at once (they reach
+  ``reinit_growth`` times those it started from): while shots keep coming, the work goes to the latest ones and
+  the initialisation from all of them starts right after the last shot. After the schedule, a new training view
+  that does not trigger a re-init adds ``refine_iterations`` more at the final learning rate.
 * With ``state_dir`` the engine state and the session's bookkeeping (``live_state.json``: view ids, schedule
   target) are written after every accepted batch of views, after every snapshot and on :meth:`close`, and
   restored by :meth:`LiveSession.restore`; a restarted session loses nothing it had accepted.
 * :meth:`stop` ends the worker at the end of the running chunk; an initialisation in progress stops at the end
   of its current pass and is rolled back (the views stay).
+* Input checks: :meth:`submit` refuses an id already accepted and a view whose content (intrinsics, pose, image)
+  equals an accepted one under another id; the front end's own checks call :meth:`reject`. Every refusal is
+  logged with its reason and counted by reason key (:data:`ixgs_ros.core.shot_checks.REASONS`) in the status.
+* Operator requests (from any thread; the worker acts on them between chunks): :meth:`reset` drops every view and
+  starts a new reconstruction, :meth:`request_reinit` re-initialises from all training views now.
 """
 from __future__ import annotations
 
@@ -34,6 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.config import flatten
+from ..core.shot_checks import RejectionLedger, content_digest
 from ..core.volume import Grid
 from .config import EngineConfig, EngineError
 from .engine import EngineStatus, ReconstructionEngine
@@ -56,6 +68,7 @@ class LiveConfig:
     publish_period_s: float = 5.0   # volume snapshots while optimising
     chunk_iterations: int = 5       # iterations per engine.step call (between them: new views, snapshots, stop)
     snapshot_share: float = 0.2     # snapshots may take at most this share of the worker's time
+    supersede_init: bool = True     # abandon an init in its first stage for one from reinit_growth x more views
 
     def validate(self) -> "LiveConfig":
         for name, low in (("min_views", 1), ("heldout_views", 0), ("refine_iterations", 0),
@@ -91,13 +104,24 @@ class LiveStatus:
     loss: float
     wall_time_s: float
     heldout_psnr_2d: float
+    rejected: dict = None           # {reason key: count} of the inputs refused so far
+    volume_stage: str = ""          # stage of the last volume handed out ("" before the first)
+    volume_view_ids: tuple = ()     # the training views it was reconstructed from
+    volume_iteration: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["rejected"] = dict(self.rejected or {})
+        d["volume_view_ids"] = list(self.volume_view_ids)
+        return d
 
 
 class _Stopped(Exception):
-    """Raised from the engine's progress callback to stop an initialisation at shutdown."""
+    """Raised from the engine's progress callback to stop an initialisation at shutdown or for a reset."""
+
+
+class _Superseded(_Stopped):
+    """Raised from the engine's progress callback to abandon an initialisation for one from more views."""
 
 
 def _plural(n: int, word: str) -> str:
@@ -112,7 +136,8 @@ class LiveSession:
     def __init__(self, grid: Grid, config: EngineConfig, live: LiveConfig | None = None, *, state_dir=None,
                  on_volume: Callable[[VolumeSnapshot], None] | None = None,
                  log: Callable[[str, str], None] | None = None, engine: ReconstructionEngine | None = None,
-                 view_ids: list[str] | None = None, target: int | None = None):
+                 view_ids: list[str] | None = None, target: int | None = None, digests: list[str] | None = None,
+                 meta: dict | None = None):
         """Use :meth:`restore` to continue from ``state_dir``; this constructor starts a new reconstruction
         (``engine``/``view_ids``/``target`` are for :meth:`restore`). ``log(level, text)`` with level debug /
         info / warn / error receives every message (default: the ``logging`` module)."""
@@ -129,6 +154,15 @@ class LiveSession:
         self._cond = threading.Condition()
         self._pending: collections.deque = collections.deque()  # (view_id, name, View, image)
         self._known_ids = {v for v in self.view_ids if v}
+        self._digests = {d for d in (digests or []) if d}  # content of the accepted views (duplicate check)
+        self._digest_list: list[str] = list(digests or [""] * len(self.view_ids))
+        self.meta: dict = dict(meta or {})  # the front end's own bookkeeping, saved with the session
+        self.rejections = RejectionLedger()
+        self._last_volume: VolumeSnapshot | None = None
+        self._reset_requested = False
+        self._reset_meta: dict = {}
+        self._reset_done = threading.Event()
+        self._reinit_requested = False
         self._received = len(self.view_ids)
         self._stop = False
         self._engine_status: EngineStatus = self.engine.status()
@@ -166,23 +200,30 @@ class LiveSession:
                         "from the parameters in " + ", ".join(f"{k} (saved {saved[k]!r}, parameters {wanted[k]!r})"
                                                                for k in diff))
         ids: list[str] = []
+        digests: list[str] = []
+        meta: dict = {}
         target = eng.config.iterations
         side = d / STATE_FILE if (d / STATE_FILE).exists() else d / _OLD_STATE_FILE
         if side.exists():
             try:
-                meta = json.loads(side.read_text())
-                ids = [str(v) for v in meta.get("view_ids", [])]
-                target = max(target, int(meta.get("target", target)))
+                doc = json.loads(side.read_text())
+                ids = [str(v) for v in doc.get("view_ids", [])]
+                digests = [str(v) for v in doc.get("digests", [])]
+                meta = dict(doc.get("meta", {}))
+                target = max(target, int(doc.get("target", target)))
             except (ValueError, TypeError, AttributeError) as exc:
                 log("warn", f"{side}: unreadable ({exc}); view ids of the restored views are unknown")
         if len(ids) != len(eng.views):
             log("warn", f"{side}: {len(ids)} view ids for {len(eng.views)} saved views; the ids of the others "
                         "are unknown (duplicates of them are not detected)")
             ids = (ids + [""] * len(eng.views))[: len(eng.views)]
+        if len(digests) != len(ids):
+            digests = [""] * len(ids)  # a state of an earlier version: content duplicates of those are not seen
         st = eng.status()
         log("info", f"restored {len(eng.views)} views ({st.views_holdout} held out) and {st.iterations} "
                     f"iterations from {d}")
-        return cls(grid, eng.config, live, state_dir=d, engine=eng, view_ids=ids, target=target, **kwargs)
+        return cls(grid, eng.config, live, state_dir=d, engine=eng, view_ids=ids, target=target, digests=digests,
+                   meta=meta, **kwargs)
 
     def save(self) -> None:
         """Engine state + bookkeeping into ``state_dir`` (caller holds ``engine_lock``); errors are logged."""
@@ -191,7 +232,8 @@ class LiveSession:
         try:
             self.engine.save(self.state_dir)
             tmp = self.state_dir / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps({"view_ids": self.view_ids, "target": self.target}))
+            tmp.write_text(json.dumps({"view_ids": self.view_ids, "target": self.target,
+                                       "digests": self._digest_list, "meta": self.meta}))
             tmp.replace(self.state_dir / STATE_FILE)
         except Exception as exc:  # a full disk must not stop the reconstruction
             self.log("error", f"could not save the state to {self.state_dir}: {exc}")
@@ -199,19 +241,89 @@ class LiveSession:
     # ------------------------------------------------------------------------------ input
     def submit(self, view_id: str, view, image, name: str | None = None) -> str | None:
         """Queue a view for the worker (thread-safe, never touches the engine). Returns None when queued, else
-        the reason it was refused (a duplicate ``view_id``), which is also logged. ``name`` (for the log) comes
-        from :meth:`next_name` when not given."""
+        the reason it was refused (a duplicate ``view_id``, or the content of an accepted view under another id),
+        which is also logged and counted. ``name`` (for the log) comes from :meth:`next_name` when not given."""
         name = name or self.next_name(view_id)
+        digest = content_digest(view.K, view.T_world_source, image)
         with self._cond:
             if view_id and view_id in self._known_ids:
-                why = "duplicate view_id (a view with this id was already accepted)"
-                self.log("error", f"rejected view {name}: {why}")
-                return why
+                return self.reject("duplicate_id", name, "duplicate view_id (a view with this id was already "
+                                                         "accepted)")
+            if digest in self._digests:
+                return self.reject("duplicate_content", name, "the same image and pose as a view already accepted "
+                                                              "(one shot sent twice under another id)")
             if view_id:
                 self._known_ids.add(view_id)
-            self._pending.append((view_id, name, view, image))
+            self._digests.add(digest)
+            self._pending.append((view_id, name, view, image, digest))
             self._cond.notify_all()
         return None
+
+    def reject(self, key: str, name: str, why: str) -> str:
+        """Log and count a refused input (``key`` from :data:`ixgs_ros.core.shot_checks.REASONS`); returns ``why``."""
+        self.rejections.count(key)
+        self.log("error", f"rejected view {name}: {why}")
+        return why
+
+    def known_ids(self) -> list[str]:
+        """Ids of the views accepted or queued."""
+        with self._cond:
+            return sorted(self._known_ids)
+
+    def knows(self, view_id: str) -> bool:
+        """Has a view with this id been accepted (or queued)?"""
+        with self._cond:
+            return bool(view_id) and view_id in self._known_ids
+
+    # ------------------------------------------------------------------------------ operator requests
+    def reset(self, timeout: float | None = 60.0, meta: dict | None = None) -> bool:
+        """Drop every view (queued ones too) and start a new reconstruction on the same grid and configuration; the
+        worker does it between chunks (a running initialisation is stopped and rolled back first). ``meta`` updates
+        :attr:`meta` with it. True once done, False when ``timeout`` passed first (it still happens)."""
+        with self._cond:
+            self._reset_meta = dict(meta or {})
+            self._reset_done.clear()
+            self._reset_requested = True
+            self._cond.notify_all()
+        return self._reset_done.wait(timeout)
+
+    def request_reinit(self) -> str | None:
+        """Ask for a re-initialisation from all training views at the worker's next round. Returns None when it
+        will happen, else why not (no model yet: the first initialisation is still to come)."""
+        st = self._engine_status
+        if st.num_gaussians == 0:
+            return (f"nothing to re-initialise yet: {st.views_used} training views, the first initialisation "
+                    f"starts at {self.live.min_views}")
+        with self._cond:
+            self._reinit_requested = True
+            self._cond.notify_all()
+        return None
+
+    def _do_reset(self) -> None:
+        with self._cond:
+            dropped = len(self._pending)
+            self._pending.clear()
+            self._reset_requested = False
+            meta = self._reset_meta
+        with self.engine_lock:
+            n = len(self.engine.views)
+            self.engine = ReconstructionEngine(self.grid, self.config)
+            self.view_ids, self._digest_list = [], []
+            with self._cond:
+                self._known_ids.clear()
+                self._digests.clear()
+            self.target = self.config.iterations
+            self.meta.update(meta)
+            self._engine_status = self.engine.status()
+            self._heldout_psnr = math.nan
+            self._error = None
+            self._last_volume = None
+            self._published_iteration = -1
+            self._last_publish_time = None
+            self.rejections.clear()
+            self.save()
+        self.log("info", f"reset: {n} views dropped ({dropped} queued); a new reconstruction starts with the next view")
+        self._reset_done.set()
 
     def next_name(self, view_id: str) -> str:
         """How the log names the next view received: its id, or its number among the views received."""
@@ -223,14 +335,22 @@ class LiveSession:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def last_volume(self) -> VolumeSnapshot | None:
+        """The last volume handed to ``on_volume`` (None before the first)."""
+        return self._last_volume
+
     # ------------------------------------------------------------------------------ status
     def status(self) -> LiveStatus:
         """The session's state for a status message (no engine call: cached by the worker)."""
         st = self._engine_status
         pending = len(self._pending)
         n_train, n_hold = st.views_used, st.views_holdout
+        vol = self._last_volume
         base = dict(views_used=n_train, iterations=st.iterations, num_gaussians=st.num_gaussians, loss=st.loss,
-                    wall_time_s=st.wall_time_s, heldout_psnr_2d=self._heldout_psnr)
+                    wall_time_s=st.wall_time_s, heldout_psnr_2d=self._heldout_psnr,
+                    rejected=self.rejections.snapshot(), volume_stage=vol.stage if vol else "",
+                    volume_view_ids=vol.view_ids if vol else (), volume_iteration=vol.iteration if vol else 0)
         accepted = f"{_plural(n_train + n_hold, 'view')} accepted ({n_train} training, {n_hold} held out)"
         if pending:
             accepted += f", {pending} queued"
@@ -287,6 +407,8 @@ class LiveSession:
         """Hand queued views to the engine; True when a training view was added."""
         with self._cond:
             batch = list(self._pending)  # removed below, after the cached status counts them as accepted
+            if self._reset_requested:
+                return False
         if not batch:
             return False
         added_train = False
@@ -294,17 +416,19 @@ class LiveSession:
         with self.engine_lock:
             eng = self.engine
             schedule_done = eng.model is not None and eng.iteration >= self.target
-            for vid, name, view, image in batch:
+            for vid, name, view, image, digest in batch:
                 holdout = len(eng.holdout_indices) < self.live.heldout_views
                 try:
                     eng.add_view(view, image, holdout=holdout)
                 except Exception as exc:  # EngineError: bad image; anything else: the view cannot be used
                     why = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-                    self.log("error", f"rejected view {name}: the engine refused it: {why}")
+                    self.reject("engine", name, f"the engine refused it: {why}")
                     with self._cond:
                         self._known_ids.discard(vid)
+                        self._digests.discard(digest)
                     continue
                 self.view_ids.append(vid)
+                self._digest_list.append(digest)
                 added += 1
                 added_train |= not holdout
             if added_train and schedule_done and self.live.refine_iterations > 0:
@@ -323,6 +447,9 @@ class LiveSession:
 
     def work_once(self) -> None:
         """One round: take new views, then one chunk of optimisation, one snapshot, a re-init or a short wait."""
+        if self._reset_requested:
+            self._do_reset()
+            return
         added_train = self._take_pending()
         st = self._engine_status
         if self._error is not None:
@@ -330,6 +457,10 @@ class LiveSession:
                 self._wait(0.5)
                 return
             self._error = None
+        if self._reinit_requested and st.num_gaussians > 0:
+            self._reinit_requested = False
+            self._reinitialise("requested")
+            return
         if self._reinit_due(st):
             self._reinitialise()
             return
@@ -350,7 +481,7 @@ class LiveSession:
             with self.engine_lock:
                 n = min(self.live.chunk_iterations, self.target - self.engine.iteration)
                 return self.engine.step(n, progress=self._progress_callback(
-                    f"initialising from {st.views_used} training views") if initialising else None,
+                    f"initialising from {st.views_used} training views", st.views_used) if initialising else None,
                     preview=self._preview if initialising else None)
 
         new = self._guarded(chunk, "optimisation", "initialisation stopped by the shutdown; the views are kept (it "
@@ -379,18 +510,18 @@ class LiveSession:
         g = self.live.reinit_growth
         return g > 0 and st.num_gaussians > 0 and st.init_views > 0 and st.views_used >= g * st.init_views
 
-    def _reinitialise(self) -> None:
+    def _reinitialise(self, why: str = "") -> None:
         """Initialise again from all training views and restart the schedule; the previous volume stays out until
         the next snapshot, and a failure keeps the previous model."""
         st = self._engine_status
         self.log("info", f"re-initialising from {st.views_used} training views (the current volume was "
-                         f"initialised from {st.init_views})")
+                         f"initialised from {st.init_views}){'; ' + why if why else ''}")
         t0 = time.monotonic()
 
         def reinit():
             with self.engine_lock:
                 new = self.engine.reinitialize(progress=self._progress_callback(
-                    f"re-initialising from {st.views_used} training views"))
+                    f"re-initialising from {st.views_used} training views", st.views_used))
                 self.target = self.engine.iteration + self.engine.config.iterations
                 self.save()
                 return new
@@ -409,8 +540,10 @@ class LiveSession:
         failed) gives None."""
         try:
             return call()
+        except _Superseded as exc:
+            self.log("info", str(exc))
         except _Stopped:
-            self.log("info", stopped)
+            self.log("info", f"{what} stopped for the reset" if self._reset_requested else stopped)
         except Exception as exc:
             self._error = f"{what} failed: {type(exc).__name__}: {exc}"
             self.log("error", self._error)
@@ -418,24 +551,43 @@ class LiveSession:
             self._init_progress = None
         return None
 
-    def _progress_callback(self, what: str):
-        """The engine's ``progress`` for an (re-)initialisation: shows the stage in the status and stops the
-        initialisation (the engine rolls it back) once the session is stopped."""
+    def _progress_callback(self, what: str, n_views: int = 0):
+        """The engine's ``progress`` for an (re-)initialisation from ``n_views`` training views: shows the stage in
+        the status and stops the initialisation (the engine rolls it back) once the session is stopped or reset,
+        or, in its first stage, once the views waiting supersede it (``supersede_init``)."""
+        first_stage: list[str] = []
+
         def progress(stage: str, done: int, total: int) -> None:
             self._init_progress = (what, stage, done, total)
-            if self._stop:
+            if self._stop or self._reset_requested:
                 raise _Stopped()
+            if not first_stage:
+                first_stage.append(stage)
+            g = self.live.reinit_growth
+            if self.live.supersede_init and g > 0 and n_views and stage == first_stage[0]:
+                waiting = self._waiting_training_views()
+                if n_views + waiting >= g * n_views:
+                    raise _Superseded(f"{what} abandoned in its {stage} ({done}/{total}): {waiting} more shots "
+                                      f"arrived, it starts again from all {n_views + waiting}")
         return progress
+
+    def _waiting_training_views(self) -> int:
+        """Queued views that will train (not held out); called with the engine lock held."""
+        with self._cond:
+            queued = len(self._pending)
+        return max(0, queued - max(0, self.live.heldout_views - len(self.engine.holdout_indices)))
 
     def _train_ids(self) -> tuple[str, ...]:
         return tuple(vid for vid, vd in zip(self.view_ids, self.engine.views) if not vd.holdout)
 
     def _preview(self, mu, label: str) -> None:
         """The engine's ``preview`` during the first initialisation (worker thread, engine lock held)."""
-        if self._stop:
+        if self._stop or self._reset_requested:
             raise _Stopped()
+        snap = VolumeSnapshot(mu, "preview", label, self._train_ids(), self.engine.iteration)
+        self._last_volume = snap
         try:
-            self.on_volume(VolumeSnapshot(mu, "preview", label, self._train_ids(), self.engine.iteration))
+            self.on_volume(snap)
         except Exception as exc:
             self.log("debug", f"preview not delivered: {exc}")
             return
@@ -452,8 +604,10 @@ class LiveSession:
             self._published_iteration = eng.iteration
             ids, it = self._train_ids(), eng.iteration
             self.save()
+        snap = VolumeSnapshot(mu, stage, f"{stage} volume at iteration {it}", ids, it)
+        self._last_volume = snap
         try:
-            self.on_volume(VolumeSnapshot(mu, stage, f"{stage} volume at iteration {it}", ids, it))
+            self.on_volume(snap)
         except Exception as exc:  # e.g. the ROS context is shutting down
             self.log("debug", f"volume not delivered: {exc}")
         self._last_publish_time = time.monotonic()
@@ -468,5 +622,5 @@ class LiveSession:
 
     def _wait(self, timeout: float) -> None:
         with self._cond:
-            if not self._stop and not self._pending:
+            if not (self._stop or self._pending or self._reset_requested or self._reinit_requested):
                 self._cond.wait(timeout)

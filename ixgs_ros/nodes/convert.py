@@ -7,8 +7,11 @@ This is the only place that knows both worlds, and the only place that converts 
 * ``sensor_msgs/Image`` <-> numpy without cv_bridge (the PyPI cv_bridge is the ROS 1 port and breaks on
   numpy 2): reading is zero-copy (``np.frombuffer`` on the message buffer) unless the image is big-endian
   on a little-endian machine (or vice versa), which needs one byte-swapping copy.
-* ``XrayView`` <-> :class:`ixgs_ros.core.geometry.View` + image; ``Volume`` <-> ``(array [I, J, K], Grid)``;
-  ``ReconstructionStatus`` <-> ``dict``.
+* ``XrayView`` <-> :class:`ixgs_ros.core.geometry.View` + image; ``Volume`` <-> ``(array [I, J, K], Grid)``
+  (interface version 2 adds the stage and the views it comes from); ``ReconstructionStatus`` <-> ``dict``.
+* Poses are checked: a quaternion whose norm is not 1 (within :data:`~ixgs_ros.core.frames.QUAT_NORM_TOL`) is
+  refused, not silently normalised. The outputs (meshes, clouds, slices, tf, diagnostics) convert in
+  :mod:`ixgs_ros.nodes.convert_outputs`.
 
 Imports the generated ``ixgs_ros.msg`` and the standard message packages, never rclpy itself, so the
 conversions run (and are tested) without a ROS graph.
@@ -26,6 +29,7 @@ from geometry_msgs.msg import Point, Pose, Quaternion
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from ixgs_ros.core import frames
 from ixgs_ros.core.geometry import GeometryError, View
 from ixgs_ros.core.volume import Grid, VolumeError
 from ixgs_ros.msg import ReconstructionStatus, Volume, XrayView
@@ -33,6 +37,7 @@ from ixgs_ros.msg import ReconstructionStatus, Volume, XrayView
 __all__ = [
     "MM_PER_M",
     "ConversionError",
+    "QuaternionError",
     "make_header",
     "stamp_to_sec",
     "matrix_to_pose",
@@ -50,7 +55,13 @@ __all__ = [
     "STATE_NAMES",
     "status_to_msg",
     "status_msg_to_dict",
+    "STAGE_NAMES",
+    "volume_msg_origin",
+    "INTERFACE_VERSION",
 ]
+
+#: The interface version this module writes (msg/*.msg VERSION constants; docs/ros.md "Interface versions").
+INTERFACE_VERSION = 2
 
 MM_PER_M = 1000.0
 _LITTLE = sys.byteorder == "little"
@@ -81,6 +92,10 @@ class ConversionError(ValueError):
     """A message cannot be converted (unsupported encoding, inconsistent sizes, invalid geometry)."""
 
 
+class QuaternionError(ConversionError):
+    """A pose's quaternion is zero or not of unit norm."""
+
+
 # --------------------------------------------------------------------------------------------- header
 def make_header(frame_id: str = "", stamp: Time | float | None = None) -> Header:
     """A ``std_msgs/Header``; ``stamp`` is a ``builtin_interfaces/Time``, seconds (float) or None (zero)."""
@@ -108,40 +123,14 @@ def stamp_to_sec(stamp: Time) -> float:
 
 # ------------------------------------------------------------------------------------- poses (m <-> mm)
 def rotation_to_quaternion(R) -> tuple[float, float, float, float]:
-    """Unit quaternion ``(x, y, z, w)`` with ``w >= 0`` of a proper rotation matrix (Shepperd's method)."""
-    R = np.asarray(R, dtype=np.float64)
-    t = np.trace(R)
-    if t > 0:
-        s = 2.0 * math.sqrt(1.0 + t)
-        w, x, y, z = 0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s
-    elif R[0, 0] >= R[1, 1] and R[0, 0] >= R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        w, x, y, z = (R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s
-    elif R[1, 1] >= R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        w, x, y, z = (R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s
-    else:
-        s = 2.0 * math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        w, x, y, z = (R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s
-    q = np.array([x, y, z, w])
-    q /= np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    return tuple(float(c) for c in q)
+    """Unit quaternion ``(x, y, z, w)`` with ``w >= 0`` of a 3x3 rotation."""
+    return frames.rotation_to_quaternion(R)
 
 
-def quaternion_to_rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """Rotation matrix of a quaternion; it is normalised first (ROS publishers often send |q| = 1 +- 1e-7)."""
-    q = np.array([x, y, z, w], dtype=np.float64)
-    n = np.linalg.norm(q)
-    if not np.isfinite(n) or n < 1e-6:
-        raise ConversionError(f"quaternion ({x}, {y}, {z}, {w}) is not a rotation (norm {n})")
-    x, y, z, w = q / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+def quaternion_to_rotation(x: float, y: float, z: float, w: float, norm_tol: float | None = None) -> np.ndarray:
+    """Rotation matrix of a quaternion, normalised first; with ``norm_tol`` a quaternion whose norm is further
+    than that from 1 is refused (ConversionError), as the zero quaternion always is."""
+    return frames.quaternion_to_rotation(x, y, z, w, norm_tol=norm_tol, error=QuaternionError)
 
 
 def matrix_to_pose(T_mm) -> Pose:
@@ -154,11 +143,12 @@ def matrix_to_pose(T_mm) -> Pose:
     return Pose(position=Point(x=px, y=py, z=pz), orientation=Quaternion(x=x, y=y, z=z, w=w))
 
 
-def pose_to_matrix(pose: Pose) -> np.ndarray:
-    """4x4 rigid transform in millimetres of a ``geometry_msgs/Pose`` (metres)."""
+def pose_to_matrix(pose: Pose, norm_tol: float | None = frames.QUAT_NORM_TOL) -> np.ndarray:
+    """4x4 rigid transform in millimetres of a ``geometry_msgs/Pose`` (metres). A quaternion of norm further
+    than ``norm_tol`` from 1 (or zero) raises ConversionError naming it (None: any non-zero one is normalised)."""
     p, q = pose.position, pose.orientation
     T = np.eye(4)
-    T[:3, :3] = quaternion_to_rotation(q.x, q.y, q.z, q.w)
+    T[:3, :3] = quaternion_to_rotation(q.x, q.y, q.z, q.w, norm_tol=norm_tol)
     T[:3, 3] = np.array([p.x, p.y, p.z], dtype=np.float64) * MM_PER_M
     if not np.all(np.isfinite(T)):
         raise ConversionError("pose position is not finite")
@@ -333,9 +323,30 @@ def _index_pose(affine: np.ndarray, spacing: np.ndarray) -> Pose:
     return matrix_to_pose(T)
 
 
+#: stage name (as LiveSession's VolumeSnapshot.stage) -> Volume.STAGE_* constant
+STAGE_NAMES = {"": Volume.STAGE_UNKNOWN, "preview": Volume.STAGE_PREVIEW, "gaussian": Volume.STAGE_GAUSSIAN,
+               "final": Volume.STAGE_FINAL}
+
+
+def _stage_value(stage) -> int:
+    if isinstance(stage, str):
+        if stage not in STAGE_NAMES:
+            raise ConversionError(f"unknown volume stage {stage!r}; one of {[k for k in STAGE_NAMES if k]}")
+        return STAGE_NAMES[stage]
+    if isinstance(stage, bool) or int(stage) not in STAGE_NAMES.values():
+        raise ConversionError(f"unknown volume stage {stage!r}")
+    return int(stage)
+
+
+def _stage_name(value: int) -> str:
+    return {v: k for k, v in STAGE_NAMES.items()}.get(int(value), "")
+
+
 def volume_to_msg(data, grid: Grid, *, units: str = "1/mm", frame_id: str = "world",
-                  stamp: Time | float | None = None) -> Volume:
-    """``Volume`` of a float array ``data[i, j, k]`` on ``grid`` (values sent as float32, C order)."""
+                  stamp: Time | float | None = None, stage="", view_ids=(), iteration: int = 0) -> Volume:
+    """``Volume`` of a float array ``data[i, j, k]`` on ``grid`` (values sent as float32, C order), with where it
+    comes from: ``stage`` ("preview" | "gaussian" | "final" or a ``Volume.STAGE_*``), the ``view_ids`` of the
+    training views and the ``iteration``."""
     a = np.asarray(data)
     if a.shape != grid.shape:
         raise ConversionError(f"volume shape {a.shape} does not match the grid {grid.shape}")
@@ -348,10 +359,22 @@ def volume_to_msg(data, grid: Grid, *, units: str = "1/mm", frame_id: str = "wor
     msg.affine_mm = np.ascontiguousarray(grid.affine, dtype=np.float64).reshape(16).copy()
     msg.index_to_world = _index_pose(np.asarray(grid.affine), spacing)
     msg.units = str(units)
+    msg.version = INTERFACE_VERSION
+    msg.stage = _stage_value(stage)
+    msg.view_ids = [str(v) for v in view_ids]
+    msg.view_count = len(msg.view_ids)
+    msg.iteration = int(iteration)
     buf = array.array("f")
     buf.frombytes(memoryview(a).cast("B"))
     msg.data = buf
     return msg
+
+
+def volume_msg_origin(msg: Volume) -> dict[str, Any]:
+    """Where a ``Volume`` comes from: ``{"version", "stage" (name, "" when unknown), "view_ids", "view_count",
+    "iteration"}`` (a version-1 producer gives version 0 and stage "")."""
+    return {"version": int(msg.version), "stage": _stage_name(msg.stage), "view_ids": list(msg.view_ids),
+            "view_count": int(msg.view_count), "iteration": int(msg.iteration)}
 
 
 def msg_to_volume(msg: Volume) -> tuple[np.ndarray, Grid]:
@@ -370,7 +393,7 @@ def msg_to_volume(msg: Volume) -> tuple[np.ndarray, Grid]:
         spacing = np.asarray(msg.spacing_mm, dtype=np.float64)
         if not np.all(spacing > 0):
             raise ConversionError("Volume has neither affine_mm nor a positive spacing_mm")
-        T = pose_to_matrix(msg.index_to_world)
+        T = pose_to_matrix(msg.index_to_world, norm_tol=None)
         A = T.copy()
         A[:3, :3] = T[:3, :3] * spacing
     try:
@@ -390,7 +413,7 @@ STATE_NAMES = {
     "error": ReconstructionStatus.ERROR,
 }
 _STATUS_FIELDS = {"state", "views_used", "iterations", "num_gaussians", "loss", "heldout_psnr_2d",
-                  "message", "wall_time_s"}
+                  "message", "wall_time_s", "rejected", "volume_stage", "volume_view_ids", "volume_iteration"}
 
 
 def _state_value(state) -> int:
@@ -415,7 +438,8 @@ def status_to_msg(status: Mapping[str, Any], *, frame_id: str = "world",
                   stamp: Time | float | None = None) -> ReconstructionStatus:
     """``ReconstructionStatus`` from a dict with keys among ``state`` (constant or name such as
     "optimizing"), ``views_used``, ``iterations``, ``num_gaussians``, ``loss``, ``heldout_psnr_2d``,
-    ``message``, ``wall_time_s``. Missing counts are 0, missing ``loss`` / ``heldout_psnr_2d`` NaN,
+    ``message``, ``wall_time_s`` and (version 2) ``rejected`` ({reason key: count}), ``volume_stage`` (stage name),
+    ``volume_view_ids``, ``volume_iteration``. Missing counts are 0, missing ``loss`` / ``heldout_psnr_2d`` NaN,
     a missing state IDLE. Unknown keys are an error (they are usually typos)."""
     unknown = set(status) - _STATUS_FIELDS
     if unknown:
@@ -430,6 +454,15 @@ def status_to_msg(status: Mapping[str, Any], *, frame_id: str = "world",
     msg.heldout_psnr_2d = float(status.get("heldout_psnr_2d", math.nan))
     msg.message = str(status.get("message", ""))
     msg.wall_time_s = float(status.get("wall_time_s", 0.0))
+    msg.version = INTERFACE_VERSION
+    msg.volume_stage = _stage_value(status.get("volume_stage", ""))
+    msg.volume_view_ids = [str(v) for v in status.get("volume_view_ids", ())]
+    msg.volume_view_count = len(msg.volume_view_ids)
+    msg.volume_iteration = _count(status, "volume_iteration")
+    rejected = dict(status.get("rejected") or {})
+    msg.rejected_reasons = [str(k) for k in rejected]
+    msg.rejected_counts = [_count(rejected, k) for k in rejected]
+    msg.views_rejected = sum(msg.rejected_counts)
     return msg
 
 
@@ -446,4 +479,11 @@ def status_msg_to_dict(msg: ReconstructionStatus) -> dict[str, Any]:
         "message": msg.message,
         "wall_time_s": float(msg.wall_time_s),
         "stamp": stamp_to_sec(msg.header.stamp),
+        "version": int(msg.version),
+        "volume_stage": _stage_name(msg.volume_stage),
+        "volume_view_ids": list(msg.volume_view_ids),
+        "volume_view_count": int(msg.volume_view_count),
+        "volume_iteration": int(msg.volume_iteration),
+        "rejected": dict(zip(msg.rejected_reasons, (int(c) for c in msg.rejected_counts))),
+        "views_rejected": int(msg.views_rejected),
     }

@@ -1,4 +1,12 @@
-"""scan_player_node: plays an ixgs-scan folder as a tracked C-arm, to drive the live pipeline without one.
+"""scan_player_node: plays an ixgs-scan folder or a recorded bag as a tracked C-arm, to drive the live pipeline
+without one.
+
+With ``bag`` (a rosbag2 folder, mcap or sqlite3: a ``ros2 bag record`` of a C-arm, or a shot record exported by
+``python -m ixgs_ros.nodes.bag export``) it replays the bag's ``sensor_msgs/Image`` (to ``image_raw``),
+``CameraInfo`` (``camera_info``), ``PoseStamped`` (``source_pose``) and ``tf2_msgs/TFMessage`` (``/tf``,
+``/tf_static``) messages with their recorded time spacing divided by ``rate_scale``, as the recorded bytes,
+stamps included (``restamp`` shifts every stamp by the same amount so that the first is now); other types are
+skipped. Otherwise it plays ``scan_dir``:
 
 Publishes, like a C-arm driver plus an optical tracker would (topic names relative):
 
@@ -28,12 +36,15 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from ixgs_ros.core.scan import Scan, ScanError
 from ixgs_ros.nodes import convert as cv
-from ixgs_ros.nodes._base import SHOT_QUEUE_DEPTH, declare_parameters, run_node
+from ixgs_ros.nodes._base import SHOT_QUEUE_DEPTH, declare_parameters, latched_qos, run_node
 
 NAME = "scan_player_node"
 
 PARAMETERS = {
-    "scan_dir": ("", "ixgs-scan folder to play (required)"),
+    "scan_dir": ("", "ixgs-scan folder to play (this or bag is required)"),
+    "bag": ("", "rosbag2 folder (mcap or sqlite3) to replay instead of scan_dir"),
+    "rate_scale": (1.0, "bag: playback speed (2 = twice as fast as recorded)"),
+    "restamp": (False, "bag: shift all stamps so that the first message is stamped now"),
     "rate_hz": (1.0, "Shots per second"),
     "pose_rate_hz": (50.0, "Rate of the simulated tracker's source_pose stream"),
     "raw_i0": (0.0, "> 0: publish detector counts round(raw_i0 * exp(-line integral)); 0: line integrals"),
@@ -49,8 +60,15 @@ class ScanPlayerNode(Node):
         """``node_kwargs`` go to ``rclpy.node.Node`` (e.g. ``context=``)."""
         super().__init__(NAME, **node_kwargs)
         p = self.params = declare_parameters(self, PARAMETERS)
-        if not p["scan_dir"]:
-            raise ValueError("scan_dir is required (-p scan_dir:=/path/to/scan)")
+        if not p["scan_dir"] and not p["bag"]:
+            raise ValueError("scan_dir is required (-p scan_dir:=/path/to/scan), or bag")
+        self.waiting = bool(p["wait_for_subscribers"])
+        self.pub_image = self.create_publisher(Image, "image_raw", SHOT_QUEUE_DEPTH)
+        self.pub_info = self.create_publisher(CameraInfo, "camera_info", SHOT_QUEUE_DEPTH)
+        self.pub_pose = self.create_publisher(PoseStamped, "source_pose", 50)
+        if p["bag"]:
+            self._init_bag(p)
+            return
         for key in ("rate_hz", "pose_rate_hz"):
             if not p[key] > 0:
                 raise ValueError(f"{key} must be > 0, got {p[key]}")
@@ -65,16 +83,78 @@ class ScanPlayerNode(Node):
                              f"{self.scan.image_kind} images")
         self.next_index = 0
         self.current_pose = None
-        self.waiting = bool(p["wait_for_subscribers"])
-        self.pub_image = self.create_publisher(Image, "image_raw", SHOT_QUEUE_DEPTH)
-        self.pub_info = self.create_publisher(CameraInfo, "camera_info", SHOT_QUEUE_DEPTH)
-        self.pub_pose = self.create_publisher(PoseStamped, "source_pose", 50)
         self.create_timer(1.0 / p["pose_rate_hz"], self._tracker_tick)
         self.create_timer(1.0 / p["rate_hz"], self._shot_tick)
         kind = f"detector counts (i0 {p['raw_i0']:g})" if p["raw_i0"] > 0 else f"{self.scan.image_kind} images"
         self.get_logger().info(f"playing {len(self.scan)} views of {p['scan_dir']} as {kind} at "
                                f"{p['rate_hz']:g} shots/s")
 
+    # ------------------------------------------------------------------------------------ bags
+    def _init_bag(self, p) -> None:
+        from ixgs_ros.nodes.bag import PLAYED_TYPES, read_bag
+
+        if not p["rate_scale"] > 0:
+            raise ValueError(f"rate_scale must be > 0, got {p['rate_scale']}")
+        try:
+            msgs = [m for m in read_bag(p["bag"]) if m.msgtype in PLAYED_TYPES]
+        except Exception as exc:  # rosbags raises its own error types for damaged bags
+            raise ValueError(f"bag {p['bag']!r}: {type(exc).__name__}: {exc}") from None
+        if not msgs:
+            raise ValueError(f"bag {p['bag']!r}: no Image, CameraInfo, PoseStamped or TFMessage messages")
+        from tf2_msgs.msg import TFMessage
+
+        self.pub_tf = self.create_publisher(TFMessage, "/tf", 100)
+        self.pub_tf_static = self.create_publisher(TFMessage, "/tf_static", latched_qos(100))
+        self.types = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CameraInfo": CameraInfo,
+                      "geometry_msgs/msg/PoseStamped": PoseStamped, "tf2_msgs/msg/TFMessage": TFMessage}
+        self.bag_msgs = msgs
+        self.bag_index = 0
+        self.bag_t0 = None  # (wall time, bag time) of the first message
+        self.shift_ns = None
+        self.create_timer(0.005, self._bag_tick)
+        n_img = sum(m.msgtype == "sensor_msgs/msg/Image" for m in msgs)
+        self.get_logger().info(f"replaying {len(msgs)} messages ({n_img} images) of {p['bag']} at "
+                               f"{p['rate_scale']:g}x")
+
+    def _bag_publisher(self, m):
+        if m.msgtype == "tf2_msgs/msg/TFMessage":
+            return self.pub_tf_static if m.topic.endswith("tf_static") else self.pub_tf
+        return {"sensor_msgs/msg/Image": self.pub_image, "sensor_msgs/msg/CameraInfo": self.pub_info,
+                "geometry_msgs/msg/PoseStamped": self.pub_pose}[m.msgtype]
+
+    def _restamped(self, m):
+        from rclpy.serialization import deserialize_message
+
+        from builtin_interfaces.msg import Time
+
+        msg = deserialize_message(m.data, self.types[m.msgtype])
+        headers = [t.header for t in msg.transforms] if m.msgtype == "tf2_msgs/msg/TFMessage" else [msg.header]
+        for h in headers:
+            ns = h.stamp.sec * 1_000_000_000 + h.stamp.nanosec + self.shift_ns
+            h.stamp = Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+        return msg
+
+    def _bag_tick(self) -> None:
+        if self.waiting:
+            if self._subscribed():
+                self.waiting = False
+                self.get_logger().info("subscribers are up: playing")
+            return
+        now = self.get_clock().now().nanoseconds
+        if self.bag_t0 is None:
+            self.bag_t0 = (now, self.bag_msgs[0].timestamp_ns)
+            self.shift_ns = now - self.bag_msgs[0].timestamp_ns
+        while self.bag_index < len(self.bag_msgs):
+            m = self.bag_msgs[self.bag_index]
+            due = self.bag_t0[0] + (m.timestamp_ns - self.bag_t0[1]) / self.params["rate_scale"]
+            if due > now:
+                return
+            self._bag_publisher(m).publish(self._restamped(m) if self.params["restamp"] else m.data)
+            self.bag_index += 1
+            if self.bag_index == len(self.bag_msgs):
+                self.get_logger().info(f"replayed all {len(self.bag_msgs)} messages of {self.params['bag']}")
+
+    # ------------------------------------------------------------------------------------ scans
     def image(self, index: int) -> np.ndarray:
         """The image published for view ``index``."""
         proj = self.scan.projections[index]

@@ -1,28 +1,36 @@
 """reconstruction_node: reconstructs the attenuation volume online from line-integral X-ray views.
 
 A thin shell over :class:`ixgs_ros.engine.live.LiveSession`, which holds the scheduling policy (when to
-initialise, re-initialise, refine, snapshot and save; see that module): this node maps ROS parameters to the
-session's configuration, converts messages and publishes what the session hands it.
+initialise, re-initialise, refine, snapshot and save; see that module), run by
+:mod:`ixgs_ros.engine.live_process` in a child process (``worker_process``, default) so that nothing the
+optimiser does (RTK holds the interpreter lock for seconds) delays this node's heartbeat and services. This
+node maps ROS parameters to the session's configuration, checks and converts messages, and publishes.
 
-Interface (topic names are relative, so a namespace or remapping places them):
+Interface (topic names are relative, so a namespace or remapping places them; details in docs/ros.md):
 
-* subscribes ``xray_views`` (ixgs_ros/XrayView). A view is rejected, with an error in the log that names
-  it and the problem, when it cannot be converted (:func:`~ixgs_ros.nodes.convert.xray_view_to_view`),
-  when its ``image_kind`` is not ``IMAGE_KIND_LINE_INTEGRAL`` (raw images go through standardize_node
-  first), when its ``header.frame_id`` is not ``world_frame``, when its non-empty ``view_id`` was already
-  accepted, or when the engine refuses it (image size, NaN/inf, negative values). A rejection never drops
-  what was accepted before. The first ``heldout_views`` accepted views are only scored (``heldout_psnr_2d``).
-* publishes ``volume`` (ixgs_ros/Volume, mu in 1/mm on the axis-aligned grid ``volume_size`` x
-  ``voxel_size_mm`` centred on ``volume_center_mm`` in ``world_frame``; QoS depth 1, transient local, so a
-  late subscriber gets the latest snapshot): the init's TV-SART previews, snapshots every
-  ``volume_publish_period_s`` while optimising, and the final volume before the status says CONVERGED;
-* publishes ``reconstruction_status`` (ixgs_ros/ReconstructionStatus) at ``status_rate_hz``.
+* subscribes ``xray_views`` (ixgs_ros/XrayView; QoS reliability ``qos_reliability``). Refused, each with an
+  error in the log naming the view and the reason and counted in the status by reason key: a stamp of 0 or more
+  than ``max_future_s`` ahead, an empty ``view_id``, a view that does not convert (including a zero or
+  non-unit quaternion), ``image_kind`` other than line integrals, integer pixels labelled as line integrals, a
+  ``header.frame_id`` other than ``world_frame``, an id already accepted, the content of an accepted view under
+  another id, and views the engine refuses. A refusal never drops what was accepted before. The first
+  ``heldout_views`` accepted views are only scored (``heldout_psnr_2d``).
+* with ``record_dir`` (the ingest node's shot record) it takes up, at start and every ``takeup_period_s``, the
+  recorded shots it has not received (:class:`ixgs_ros.engine.live_takeup.RecordTakeUp`), standardized with
+  ``takeup_i0`` / ``takeup_downsample`` (set them as standardize_node's ``i0`` / ``downsample``).
+* publishes ``volume`` (ixgs_ros/Volume, latched: mu on the grid ``volume_size`` x ``voxel_size_mm`` centred on
+  ``volume_center_mm`` in ``world_frame``, with its stage and the ids of the views it comes from),
+  ``reconstruction_status`` at ``status_rate_hz``, the outputs of each volume (:mod:`.recon_outputs`:
+  ``bone_markers``, ``bone_meshes``, ``bone_cloud``, ``mpr/*``; latched), the volume frame ``volume_frame`` on
+  ``/tf_static`` and ``/diagnostics``.
+* services ``~/reset`` and ``~/reinit`` (std_srvs/Trigger) and ``~/save_snapshot`` (ixgs_ros/SaveSnapshot).
 
 Engine configuration: :class:`~ixgs_ros.engine.EngineConfig` defaults, then the file ``engine_config``
 (YAML/JSON, as ``ixgs reconstruct --config``), then ``engine_overrides`` ("key=value" strings, dotted keys such
 as ``init.passes=24``, values parsed as JSON); ``iterations`` and ``device`` always come from the node
-parameters of those names (:func:`ixgs_ros.engine.load_engine_config`). Bad parameters raise ``ValueError``,
-which ``run_node`` turns into one line on stderr and exit code 2.
+parameters of those names. Bad parameters raise ``ValueError``, which ``run_node`` turns into one line on stderr
+and exit code 2; at run time the output parameters, ``status_rate_hz`` and ``max_future_s`` can be changed
+(checked first), the others are refused with the reason.
 
 Shutdown (SIGINT/SIGTERM) waits for the running chunk to end (seconds); an initialisation in progress stops
 at the end of its current pass and is rolled back (the views stay), then the state is saved.
@@ -32,20 +40,27 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from pathlib import Path
 
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.parameter import Parameter
+from std_srvs.srv import Trigger
 
+from ixgs_ros.core.shot_checks import DEFAULT_MAX_FUTURE_S, line_integral_dtype_reason, stamp_reason, view_id_reason
 from ixgs_ros.msg import ReconstructionStatus, Volume, XrayView
-from ixgs_ros.nodes._base import SHOT_QUEUE_DEPTH, declare_parameters, run_node
-from ixgs_ros.nodes.convert import (ConversionError, status_to_msg, volume_to_msg, xray_view_image,
-                                    xray_view_to_view)
+from ixgs_ros.nodes import convert as cv
+from ixgs_ros.nodes._base import (Diagnostics, declare_parameters, guard_parameters, latched_qos, now_s, run_node,
+                                  shot_qos)
+from ixgs_ros.nodes.recon_outputs import OutputPublisher
+from ixgs_ros.srv import SaveSnapshot
 
 NAME = "reconstruction_node"
 
 PARAMETERS = {
     "world_frame": ("world", "Frame of the reconstructed volume (must match the views' header.frame_id)"),
+    "volume_frame": ("ixgs_volume", "Frame of the volume's voxel grid, published on /tf_static under world_frame"),
     "min_views": (3, "Training views (held-out ones not counted) needed before optimisation starts; the "
                      "engine initialises from the training views present then"),
     "heldout_views": (0, "The first N accepted views are kept out of training to report heldout_psnr_2d"),
@@ -55,6 +70,8 @@ PARAMETERS = {
                            "128^3) and restart the schedule once the training views reach this multiple of the "
                            "views the current volume was initialised from; 0 = never (later views then only join "
                            "the loss)"),
+    "supersede_init": (True, "Abandon an initialisation still in its first stage when the shots that arrived meanwhile "
+                             "would make it due again (reinit_growth): the work goes to the latest shots"),
     "refine_iterations": (50, "Iterations run after the schedule each time new training views arrive "
                               "(at the schedule's final learning rate); 0 = store them without optimising"),
     "volume_size": ([128, 128, 128], "Output grid size in voxels (I, J, K)"),
@@ -69,7 +86,40 @@ PARAMETERS = {
                                "string), applied after engine_config; empty strings are ignored ([''] = none)"),
     "state_dir": ("", "Directory for the engine state: restored at start when present, written after new "
                       "views, after each published volume and on shutdown; '' = no persistence"),
+    "worker_process": (True, "Run the reconstruction in a child process, so that the optimiser never delays the "
+                             "status heartbeat and services (false: a thread of this process)"),
+    "qos_reliability": ("reliable", "QoS reliability of the xray_views subscription: 'reliable' or 'best_effort'"),
+    "max_future_s": (DEFAULT_MAX_FUTURE_S, "Views stamped more than this many seconds ahead of the node's clock are "
+                                           "refused (as are stamps of 0)"),
+    "record_dir": ("", "The ingest node's shot record: shots recorded there that this node has not received are "
+                       "taken up at start and every takeup_period_s; '' = none"),
+    "takeup_i0": (0.0, "i0 for standardizing raw shots taken up from the record (as standardize_node's i0; 0 = the "
+                       "shot's i0, else estimated)"),
+    "takeup_downsample": (1, "Detector binning of shots taken up from the record (as standardize_node's "
+                             "downsample)"),
+    "takeup_period_s": (5.0, "How often the shot record is checked for shots that did not arrive"),
+    "takeup_grace_s": (2.0, "Recorded shots younger than this are left to the live messages"),
+    "outputs": (["mesh", "cloud", "mpr"], "Outputs computed from each volume: any of mesh (bone_markers, "
+                                          "bone_meshes), cloud (bone_cloud), mpr (mpr/*); [''] = none"),
+    "mesh_threshold_hu": (250.0, "Iso-level of the bone meshes (HU)"),
+    "mesh_max_faces": (40000, "Triangles of all bone pieces together at most (decimation)"),
+    "mesh_max_pieces": (32, "Largest connected bone pieces kept"),
+    "mesh_smooth_iterations": (5, "Taubin smoothing iterations of the meshes"),
+    "cloud_threshold_hu": (200.0, "Voxels above this (HU) go into bone_cloud"),
+    "cloud_max_points": (100000, "Most points in bone_cloud (a regular thinning above it)"),
+    "mpr_point_mm": (Parameter.Type.DOUBLE_ARRAY, "World point (mm, 3 numbers) the MPR slices pass through; unset "
+                                                  "= the grid centre"),
+    "mpr_max_size": (256, "MPR images have at most this many pixels a side"),
+    "output_dir": ("", "Folder for files of the latest outputs (bone.ply, named in bone_meshes.ply_path); '' = "
+                       "none"),
+    "snapshot_root": ("~/.ros/ixgs_snapshots", "save_snapshot writes its folders below this directory"),
 }
+#: Parameters a running node takes without a restart.
+LIVE = {"status_rate_hz", "max_future_s", "outputs", "mesh_threshold_hu", "mesh_max_faces", "mesh_max_pieces",
+        "mesh_smooth_iterations", "cloud_threshold_hu", "cloud_max_points", "mpr_point_mm", "mpr_max_size",
+        "takeup_period_s", "takeup_grace_s"}
+_OUTPUT_KEYS = ("mesh_threshold_hu", "mesh_max_faces", "mesh_max_pieces", "mesh_smooth_iterations",
+                "cloud_threshold_hu", "cloud_max_points", "mpr_point_mm", "mpr_max_size")
 
 
 # ------------------------------------------------------------------------------------------ parameters
@@ -117,69 +167,116 @@ def build_engine_config(engine_config: str, engine_overrides, iterations: int, d
         raise ValueError(f"engine configuration: {exc}") from None
 
 
+def output_config(p: dict):
+    """``(LiveOutputConfig, kinds)`` of the node parameters ``p``; ValueError naming a bad one."""
+    from ixgs_ros.outputs.live import OUTPUT_KINDS, LiveOutputConfig
+
+    kinds = tuple(str(k).strip() for k in p["outputs"] if str(k).strip())
+    bad = sorted(set(kinds) - set(OUTPUT_KINDS))
+    if bad:
+        raise ValueError(f"outputs: unknown kind(s) {bad}; any of {list(OUTPUT_KINDS)}")
+    point = p["mpr_point_mm"]
+    cfg = LiveOutputConfig(**{k: p[k] for k in _OUTPUT_KEYS if k != "mpr_point_mm"},
+                           mpr_point_mm=None if point is None or len(point) == 0 else tuple(point))
+    return cfg.validate(), kinds
+
+
+def check_parameter(name: str, value, params: dict) -> str | None:
+    """Why ``value`` is not acceptable for ``name`` given the other current ``params`` (None when it is)."""
+    try:
+        if name in ("volume_size", "voxel_size_mm", "volume_center_mm"):
+            new = dict(params, **{name: value})
+            make_grid(new["volume_size"], float(new["voxel_size_mm"]), new["volume_center_mm"])
+        elif name in _OUTPUT_KEYS or name == "outputs":
+            output_config(dict(params, **{name: value}))
+        elif name in ("status_rate_hz", "max_future_s", "takeup_period_s") and not value > 0:
+            return f"{name} must be positive, got {value}"
+        elif name in ("takeup_grace_s", "takeup_i0") and not value >= 0:
+            return f"{name} must be >= 0, got {value}"
+        elif name == "takeup_downsample" and value < 1:
+            return f"takeup_downsample must be >= 1, got {value}"
+        elif name in ("world_frame", "volume_frame") and not str(value).strip():
+            return f"{name} must not be empty"
+        elif name == "qos_reliability" and value not in ("reliable", "best_effort"):
+            return f"qos_reliability must be 'reliable' or 'best_effort', got {value!r}"
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ node
 class ReconstructionNode(Node):
     def __init__(self, **node_kwargs):
         """``node_kwargs`` go to ``rclpy.node.Node`` (e.g. ``context=`` to run in a given context)."""
-        from ixgs_ros.engine.live import LiveConfig, LiveSession
+        from ixgs_ros.engine.live import LiveConfig
+        from ixgs_ros.engine.live_process import make_runner
 
         super().__init__(NAME, **node_kwargs)
         p = self.params = declare_parameters(self, PARAMETERS)
-        rate = float(p["status_rate_hz"])
-        if not rate > 0:
-            raise ValueError(f"status_rate_hz must be positive, got {rate}")
-        if not str(p["world_frame"]).strip():
-            raise ValueError("world_frame must not be empty")
+        for name, value in p.items():
+            why = check_parameter(name, value, p)
+            if why:
+                raise ValueError(why)
         self.world_frame = str(p["world_frame"])
         live = LiveConfig(min_views=int(p["min_views"]), heldout_views=int(p["heldout_views"]),
                           reinit_growth=float(p["reinit_growth"]), refine_iterations=int(p["refine_iterations"]),
-                          publish_period_s=float(p["volume_publish_period_s"]))
+                          publish_period_s=float(p["volume_publish_period_s"]),
+                          supersede_init=bool(p["supersede_init"]))
         if int(p["iterations"]) < 1:
             raise ValueError(f"iterations must be >= 1, got {p['iterations']}")
         live.validate()
         self.grid = make_grid(p["volume_size"], float(p["voxel_size_mm"]), p["volume_center_mm"])
         self.device = resolve_device(p["device"])
         config = build_engine_config(p["engine_config"], p["engine_overrides"], int(p["iterations"]), self.device)
+        out_cfg, kinds = output_config(p)
         state_dir = str(p["state_dir"]).strip()
-        kwargs = dict(on_volume=self._publish_volume, log=self._log)
-        if state_dir:
-            self.session = LiveSession.restore(Path(state_dir).expanduser(), self.grid, config, live, **kwargs)
-        else:
-            self.session = LiveSession(self.grid, config, live, **kwargs)
-        self.config = self.session.config
 
+        # callback groups: the heartbeat never waits behind a view, a service or the outputs
+        self._heartbeat_group = MutuallyExclusiveCallbackGroup()
+        services = ReentrantCallbackGroup()
         self.status_pub = self.create_publisher(ReconstructionStatus, "reconstruction_status", 10)
-        self.volume_pub = self.create_publisher(
-            Volume, "volume", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                         durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.create_subscription(XrayView, "xray_views", self._on_view, SHOT_QUEUE_DEPTH)
-        self.create_timer(1.0 / rate, self._publish_status)
-        self._worker = threading.Thread(target=self.session.run, name="ixgs_reconstruction", daemon=True)
-        self._worker.start()
-        if self.session.engine.model is None:
-            # ITK loads RTK's wrappers on first use (10-20 s on 2 cores): do it while the shots arrive, in a
-            # daemon thread that shutdown does not wait for, not inside the first initialisation's first pass
-            threading.Thread(target=self._preload_rtk, name="ixgs_rtk_preload", daemon=True).start()
+        self.volume_pub = self.create_publisher(Volume, "volume", latched_qos())
+        self.outputs = OutputPublisher(self, self.grid, out_cfg, kinds, world_frame=self.world_frame,
+                                       volume_frame=str(p["volume_frame"]), output_dir=str(p["output_dir"]).strip(),
+                                       log=self._log)
+        self.runner = make_runner(bool(p["worker_process"]), self.grid, config, live,
+                                  state_dir=Path(state_dir).expanduser() if state_dir else None,
+                                  on_volume=self._publish_volume, log=self._log)
+        self.config = self.runner.info["config"]
+        self.takeup = None
+        self._stop = threading.Event()
+        if str(p["record_dir"]).strip():
+            from ixgs_ros.engine.live_takeup import RecordTakeUp
+
+            self.takeup = RecordTakeUp(self.runner, str(p["record_dir"]).strip(), i0=p["takeup_i0"],
+                                       downsample=p["takeup_downsample"], grace_s=p["takeup_grace_s"],
+                                       log=self._log)
+            threading.Thread(target=self._takeup_loop, name="ixgs_takeup", daemon=True).start()
+        self.create_subscription(XrayView, "xray_views", self._on_view, shot_qos(p["qos_reliability"]))
+        self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=services)
+        self.create_service(Trigger, "~/reinit", self._srv_reinit, callback_group=services)
+        self.create_service(SaveSnapshot, "~/save_snapshot", self._srv_save, callback_group=services)
+        self._last_tick = None
+        self.max_status_gap_s = 0.0
+        self._status_timer = self.create_timer(1.0 / float(p["status_rate_hz"]), self._publish_status,
+                                               callback_group=self._heartbeat_group)
+        Diagnostics(self, self._diagnostics, callback_group=self._heartbeat_group)
+        guard_parameters(self, lambda n, v: check_parameter(n, v, self.params), self._apply, LIVE)
         g = self.grid
         self.get_logger().info(
             f"reconstructing on a {'x'.join(map(str, g.shape))} grid at {float(p['voxel_size_mm']):g} mm centred "
-            f"on {[float(c) for c in p['volume_center_mm']]} mm in '{self.world_frame}', {self.session.target} "
-            f"iterations on {self.device}; {len(self.session.view_ids)} views restored; waiting for xray_views")
+            f"on {[float(c) for c in p['volume_center_mm']]} mm in '{self.world_frame}', "
+            f"{self.runner.info['target']} iterations on {self.device} "
+            f"({'child process' if p['worker_process'] else 'thread'}); "
+            f"{self.runner.info['restored_views']} views restored; waiting for xray_views")
 
     @property
-    def engine(self):
-        return self.session.engine
-
-    def _preload_rtk(self) -> None:
-        from ixgs_ros.core import rtk
-
-        try:
-            self._log("debug", f"RTK loaded in {rtk.preload():.1f} s")
-        except Exception as exc:  # the initialisation reports it when it needs RTK
-            self._log("debug", f"RTK preload failed: {type(exc).__name__}: {exc}")
+    def session(self):
+        """The LiveSession (thread mode only; None when it runs in a child process)."""
+        return getattr(self.runner, "session", None)
 
     def _log(self, level: str, text: str) -> None:
-        """Log from the worker or during shutdown: after SIGINT/SIGTERM the context is gone and rclpy's logger
+        """Log from any thread or during shutdown: after SIGINT/SIGTERM the context is gone and rclpy's logger
         would add a 'Failed to publish log message to rosout' line to every message, so print instead."""
         if self.context.ok():  # one call site per severity: rclpy refuses a call site that changes it
             if level == "error":
@@ -193,62 +290,135 @@ class ReconstructionNode(Node):
         elif level != "debug":
             print(f"[{level.upper()}] [{self.get_name()}]: {text}", file=sys.stderr, flush=True)
 
-    # ------------------------------------------------------------------------------------ ROS callbacks
-    def _on_view(self, msg: XrayView) -> None:
-        """Convert and check a view, queue it in the session. Never touches the engine."""
-        try:
-            view = xray_view_to_view(msg)
-            image = xray_view_image(msg)
-        except ConversionError as exc:
-            self.get_logger().error(f"rejected view: {exc}")
-            return
-        vid = msg.view_id
-        name = self.session.next_name(vid)
-        if msg.image_kind != XrayView.IMAGE_KIND_LINE_INTEGRAL:
-            self.get_logger().error(
-                f"rejected view {name}: image_kind {msg.image_kind} is not IMAGE_KIND_LINE_INTEGRAL "
-                f"({XrayView.IMAGE_KIND_LINE_INTEGRAL}); raw images go through standardize_node first")
-            return
-        if msg.header.frame_id != self.world_frame:
-            self.get_logger().error(f"rejected view {name}: header.frame_id {msg.header.frame_id!r} is not the "
-                                    f"world_frame {self.world_frame!r}")
-            return
-        self.session.submit(vid, view, image, name=name)
+    def _apply(self, changes: dict) -> None:
+        new = dict(self.params, **changes)
+        if any(k in changes for k in _OUTPUT_KEYS + ("outputs",)):
+            self.outputs.set_config(*output_config(new))
+        if "status_rate_hz" in changes:
+            self.destroy_timer(self._status_timer)
+            self._status_timer = self.create_timer(1.0 / float(changes["status_rate_hz"]), self._publish_status,
+                                                   callback_group=self._heartbeat_group)
+        if self.takeup is not None and "takeup_grace_s" in changes:
+            self.takeup.grace_s = float(changes["takeup_grace_s"])
+        self.params.update(changes)
 
+    # ------------------------------------------------------------------------------------ views
+    def _on_view(self, msg: XrayView) -> None:
+        """Check and convert a view and queue it in the session. Never touches the engine."""
+        vid = msg.view_id
+        name = self.runner.next_name(vid)
+        refuse = self.runner.reject
+        bad = stamp_reason(cv.stamp_to_sec(msg.header.stamp), now_s(self), self.params["max_future_s"])
+        if bad:
+            return refuse(bad[0], name, bad[1])
+        why = view_id_reason(vid)
+        if why:
+            return refuse("empty_id", name, why)
+        try:
+            view = cv.xray_view_to_view(msg)
+            image = cv.xray_view_image(msg)
+        except cv.QuaternionError as exc:
+            return refuse("quaternion", name, f"source_pose: {exc}")
+        except cv.ConversionError as exc:
+            return refuse("conversion", name, str(exc))
+        if msg.image_kind != XrayView.IMAGE_KIND_LINE_INTEGRAL:
+            return refuse("image_kind", name, f"image_kind {msg.image_kind} is not IMAGE_KIND_LINE_INTEGRAL "
+                                              f"({XrayView.IMAGE_KIND_LINE_INTEGRAL}); raw images go through "
+                                              "standardize_node first")
+        why = line_integral_dtype_reason(image.dtype)
+        if why:
+            return refuse("encoding", name, f"{why} (encoding {msg.image.encoding})")
+        if msg.header.frame_id != self.world_frame:
+            return refuse("frame", name, f"header.frame_id {msg.header.frame_id!r} is not the world_frame "
+                                         f"{self.world_frame!r}")
+        self.runner.submit(vid, view, image, name=name)
+
+    def _takeup_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.takeup.poll()
+            except Exception as exc:  # a damaged record must not stop the node
+                self._log("error", f"shot record take-up: {type(exc).__name__}: {exc}")
+            self._stop.wait(float(self.params["takeup_period_s"]))
+
+    # ------------------------------------------------------------------------------------ status, volume
     def node_status(self) -> dict:
         """The ``status_to_msg`` dict of the node's current state (no engine call)."""
-        return self.session.status().to_dict()
+        return self.runner.status()
 
     def _publish_status(self) -> None:
+        now = time.monotonic()
+        if self._last_tick is not None:
+            self.max_status_gap_s = max(self.max_status_gap_s, now - self._last_tick)
+        self._last_tick = now
         try:
-            msg = status_to_msg(self.node_status(), frame_id=self.world_frame, stamp=self.get_clock().now().to_msg())
-        except ConversionError as exc:  # a bug here must not kill the node
+            msg = cv.status_to_msg(self.node_status(), frame_id=self.world_frame,
+                                   stamp=self.get_clock().now().to_msg())
+        except cv.ConversionError as exc:  # a bug here must not kill the node
             self.get_logger().error(f"status: {exc}")
             return
         self.status_pub.publish(msg)
 
     def _publish_volume(self, snap) -> None:
-        """The session's ``on_volume`` (worker thread)."""
-        msg = volume_to_msg(snap.mu, self.grid, frame_id=self.world_frame, stamp=self.get_clock().now().to_msg())
+        """The runner's ``on_volume``: the volume goes out at once, its outputs follow from their own thread."""
+        stamp = self.get_clock().now().to_msg()
+        msg = cv.volume_to_msg(snap.mu, self.grid, frame_id=self.world_frame, stamp=stamp, stage=snap.stage,
+                               view_ids=snap.view_ids, iteration=snap.iteration)
         self.volume_pub.publish(msg)
+        self.outputs.submit(snap, stamp)
 
-    def snapshot_period(self) -> float:
-        return self.session.snapshot_period()
+    def _diagnostics(self):
+        st = self.node_status()
+        rejected = st.get("rejected", {})
+        values = {"state": st.get("state", ""), "views_used": st.get("views_used", 0),
+                  "iterations": st.get("iterations", 0), "volume_stage": st.get("volume_stage", ""),
+                  "volume_views": len(st.get("volume_view_ids", ())), "outputs_published": self.outputs.published,
+                  "outputs_latency_s": self.outputs.last_latency_s, "status_max_gap_s": self.max_status_gap_s,
+                  **{f"outputs_s.{k}": v for k, v in self.outputs.last_seconds.items()},
+                  **{f"rejected.{k}": v for k, v in rejected.items()}}
+        if self.takeup is not None:
+            values["taken_up_from_record"] = self.takeup.taken_up
+        level = "error" if st.get("state") == "error" else ("warn" if rejected else "ok")
+        return level, st.get("message", ""), values
+
+    # ------------------------------------------------------------------------------------ services
+    def _srv_reset(self, request, response):
+        from ixgs_ros.engine.live_takeup import RESET_SEQ_KEY
+
+        meta = {RESET_SEQ_KEY: self.takeup.last_seq()} if self.takeup is not None else {}
+        done = self.runner.reset(timeout=60.0, meta=meta)
+        if done:
+            self.outputs.clear()
+        response.success = bool(done)
+        response.message = ("reset: every view dropped; a new reconstruction starts with the next view" if done else
+                            "reset requested; it happens when the running step ends (more than 60 s away)")
+        return response
+
+    def _srv_reinit(self, request, response):
+        why = self.runner.request_reinit()
+        response.success = why is None
+        response.message = why or "re-initialisation from all training views requested"
+        return response
+
+    def _srv_save(self, request, response):
+        from ixgs_ros.nodes.snapshot import save_snapshot
+
+        response.success, response.message, response.directory, response.files = save_snapshot(
+            self, request.directory)
+        return response
 
     # ------------------------------------------------------------------------------------ shutdown
     def destroy_node(self):
-        self.session.stop()
-        if self._worker.is_alive():
-            self._worker.join(timeout=2.0)
-            if self._worker.is_alive():
-                self._log("info", "waiting for the running optimisation chunk to end")
-                self._worker.join()
-        self.session.close()  # views that arrived during the last chunk are kept too
+        t0 = time.monotonic()
+        self._stop.set()
+        self.runner.close(log_wait=lambda: self._log("info", "waiting for the running optimisation chunk to end"))
+        self.outputs.stop()
+        self._log("info", f"reconstruction stopped and saved in {time.monotonic() - t0:.1f} s")
         return super().destroy_node()
 
 
 def main(args=None) -> int:
-    return run_node(ReconstructionNode, args)
+    return run_node(ReconstructionNode, args, threads=3)
 
 
 if __name__ == "__main__":

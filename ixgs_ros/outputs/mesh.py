@@ -29,6 +29,7 @@ __all__ = [
     "threshold_to_mu",
     "iso_surface",
     "keep_large_components",
+    "split_components",
     "clean_mesh",
     "bone_surface",
     "label_partition",
@@ -225,6 +226,16 @@ def keep_large_components(mesh: Mesh, min_fraction: float = 0.02, max_components
         keep = keep[:max(1, int(max_components))]
     sel = np.isin(flab, keep)
     return Mesh(mesh.vertices, mesh.faces[sel]).compact()
+
+
+def split_components(mesh: Mesh) -> list[Mesh]:
+    """The connected components of ``mesh`` (faces sharing a vertex are connected) as separate meshes, largest
+    surface area first."""
+    if mesh.is_empty:
+        return []
+    flab, n_comp = _component_labels(mesh)
+    areas = np.bincount(flab, weights=mesh.face_areas(), minlength=n_comp)
+    return [Mesh(mesh.vertices, mesh.faces[flab == c]).compact() for c in np.argsort(-areas, kind="stable")]
 
 
 def _have_open3d() -> bool:

@@ -1,0 +1,120 @@
+"""Checks of live shots that come from outside (a C-arm driver, a tracker, another node), ROS-free.
+
+Each check returns None for a good input or a one-line reason for a bad one; the nodes log the reason, refuse
+the input and count it in a :class:`RejectionLedger` under a stable key (the keys below), which the status
+and diagnostics messages report. Nothing accepted before is affected by a refusal.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections import Counter
+
+import numpy as np
+
+__all__ = ["REASONS", "RejectionLedger", "saturation_reason", "stamp_reason", "line_integral_dtype_reason",
+           "view_id_reason", "content_digest", "DEFAULT_MAX_SATURATED_FRACTION", "DEFAULT_MAX_FUTURE_S"]
+
+#: Stable keys of the rejection reasons (status and diagnostics count by them) and what each means.
+REASONS = {
+    "conversion": "the message does not convert (sizes, encoding, intrinsics, pose)",
+    "quaternion": "a pose's quaternion is zero or not of unit norm",
+    "saturated": "too many pixels at the detector's maximum value",
+    "encoding": "integer pixel data labelled as line integrals",
+    "image_kind": "raw images sent where line integrals are expected",
+    "frame": "a frame id that is not (and cannot be transformed into) the world frame",
+    "stamp_zero": "an unset (zero) stamp",
+    "stamp_future": "a stamp too far ahead of the receiver's clock",
+    "empty_id": "an empty view_id",
+    "duplicate_id": "a view_id already accepted",
+    "duplicate_content": "the same image and pose as a view already accepted, under another id",
+    "engine": "the reconstruction engine refused the view (e.g. it does not see the grid)",
+    "sync": "an image that could not be paired with a pose / camera_info",
+    "record": "the shot could not be written to the shot record",
+}
+
+DEFAULT_MAX_SATURATED_FRACTION = 0.25
+DEFAULT_MAX_FUTURE_S = 5.0
+
+
+class RejectionLedger:
+    """Thread-safe counts of rejected inputs by reason key (:data:`REASONS`)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: Counter = Counter()
+
+    def count(self, key: str) -> int:
+        if key not in REASONS:
+            raise KeyError(f"unknown rejection reason {key!r}; known: {sorted(REASONS)}")
+        with self._lock:
+            self._counts[key] += 1
+            return self._counts[key]
+
+    def snapshot(self) -> dict[str, int]:
+        """``{reason key: count}`` of the reasons seen, sorted by key."""
+        with self._lock:
+            return dict(sorted(self._counts.items()))
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+def saturation_reason(image, max_fraction: float = DEFAULT_MAX_SATURATED_FRACTION) -> str | None:
+    """Integer detector images: too large a share of pixels at the dtype's maximum (e.g. 65535) means an
+    over-exposed or failed read-out (a fully saturated frame would become an all-zero view). Float images
+    carry no known maximum and pass."""
+    a = np.asarray(image)
+    if not np.issubdtype(a.dtype, np.integer) or a.size == 0:
+        return None
+    top = np.iinfo(a.dtype).max
+    frac = float(np.count_nonzero(a == top)) / a.size
+    if frac > max_fraction:
+        return (f"{100 * frac:.1f} % of the pixels are saturated (at {top}); at most {100 * max_fraction:g} % "
+                "allowed")
+    return None
+
+
+def stamp_reason(stamp_s: float, now_s: float, max_future_s: float = DEFAULT_MAX_FUTURE_S) -> tuple[str, str] | None:
+    """``(key, reason)`` for a stamp of exactly 0 (never set) or more than ``max_future_s`` after ``now_s``."""
+    if not math.isfinite(stamp_s):
+        return "stamp_zero", f"stamp {stamp_s} is not a time"
+    if stamp_s == 0.0:
+        return "stamp_zero", "stamp is 0 (never set by the sender)"
+    if stamp_s > now_s + max_future_s:
+        return "stamp_future", (f"stamp {stamp_s:.3f} s is {stamp_s - now_s:.1f} s ahead of this node's clock "
+                                f"(at most {max_future_s:g} s allowed)")
+    return None
+
+
+def line_integral_dtype_reason(dtype) -> str | None:
+    """Line integrals are real numbers: integer pixel data labelled as line integrals is a mislabelled raw image."""
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.floating):
+        return f"the image is {dt} but is labelled as line integrals (which are floating point: 32FC1 / 64FC1)"
+    return None
+
+
+def view_id_reason(view_id: str) -> str | None:
+    if not str(view_id).strip():
+        return "view_id is empty (every shot needs a unique id)"
+    return None
+
+
+def content_digest(K, T_world_source, image) -> str:
+    """A digest of a view's content (intrinsics, pose to 1 nm / 1e-9, the image's bytes and shape): two shots with
+    the same digest are one shot sent twice."""
+    h = hashlib.sha256()
+    h.update((np.round(np.asarray(K, dtype=np.float64), 9) + 0.0).tobytes())  # + 0.0: -0.0 becomes 0.0
+    h.update((np.round(np.asarray(T_world_source, dtype=np.float64), 6) + 0.0).tobytes())
+    a = np.ascontiguousarray(image)
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
