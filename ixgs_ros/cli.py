@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-SUBCOMMANDS = ["demo", "simulate", "import_scan", "reconstruct", "bench"]
+SUBCOMMANDS = ["demo", "simulate", "import_scan", "reconstruct", "bench", "standardize", "train_standardizer"]
 
 
 def build_parser() -> argparse.ArgumentParser:
