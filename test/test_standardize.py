@@ -234,7 +234,7 @@ def test_bad_images_get_a_clear_error(quick_weights):
     assert (out.line >= 0).all() and (out.bone >= 0).all() and (out.bone <= out.line + 1e-6).all()
     nan = good.copy()
     nan[3, 3] = np.nan
-    cases = [(nan, "NaN"), (np.full((48, 48), 7.0), "blank"), (np.full((48, 48), 65535.0), "blank"),
+    cases = [(nan, "NaN"), (np.full((48, 48), 7.0), "blank"), (np.full((48, 48), 65535, np.uint16), "saturated"),
              (np.where(np.arange(48 * 48).reshape(48, 48) < 2300, 65535.0, 0.0), "saturated"),
              (good[:20, :20], "pixels per side"), (good[None], "2D image"), (good.astype(complex), "real")]
     for img, what in cases:

@@ -64,12 +64,15 @@ def check_image(image) -> np.ndarray:
     if min(a.shape) < MIN_SIDE or max(a.shape) > MAX_SIDE:
         raise StandardizeError(f"image is {a.shape[0]}x{a.shape[1]} pixels: the model takes {MIN_SIDE} to "
                                f"{MAX_SIDE} pixels per side")
+    top = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else None
     a = a.astype(np.float32)
     bad = ~np.isfinite(a)
     if bad.any():
         raise StandardizeError(f"image contains {int(bad.sum())} NaN or inf value(s)")
     lo, hi = float(a.min()), float(a.max())
     if not hi > lo:
+        if top is not None and lo >= top:
+            raise StandardizeError(f"saturated image: every pixel is at the detector's maximum {lo:g}")
         raise StandardizeError(f"blank image: every pixel is {lo:g}")
     tol = 1e-6 * (hi - lo)
     usable = float(np.mean((a > lo + tol) & (a < hi - tol)))
