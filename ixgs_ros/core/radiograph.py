@@ -142,7 +142,7 @@ INPAINT_SIGMA = 2.0
 
 
 def inpaint_invalid(image, mask) -> np.ndarray:
-    """``image`` (2D) with its invalid pixels (``mask`` 0 / False) replaced by a smooth continuation of the valid
+    """``image`` (2D, or a stack of images sharing the mask) with its invalid pixels (``mask`` 0 / False) replaced by a smooth continuation of the valid
     ones: each takes the value of its nearest valid pixel (Euclidean distance transform), then the filled
     pixels are smoothed among themselves (normalised Gaussian, ``INPAINT_SIGMA``; an isolated invalid pixel keeps
     its nearest valid neighbour's value, so air next to air stays air). Holes (metal) get a smooth fill from their rim, border
@@ -153,15 +153,19 @@ def inpaint_invalid(image, mask) -> np.ndarray:
 
     a = np.asarray(image, dtype=np.float64)
     m = np.asarray(mask).astype(bool)
-    if a.ndim != 2 or m.shape != a.shape:
-        raise RadiographError(f"inpaint_invalid: image {a.shape} and mask {m.shape} must be the same 2D shape")
+    if a.ndim not in (2, 3) or m.ndim != 2 or m.shape != a.shape[-2:]:
+        raise RadiographError(f"inpaint_invalid: image {a.shape} and mask {m.shape} must share one 2D shape")
     if m.all():
         return a.astype(np.float32)
     if not m.any():
         raise RadiographError("inpaint_invalid: no valid pixel to inpaint from")
     idx = distance_transform_edt(~m, return_distances=False, return_indices=True)
-    filled = a[idx[0], idx[1]]
     inv = (~m).astype(np.float64)  # smooth among the filled pixels only: nothing spreads from valid ones
-    smooth = gaussian_filter(filled * inv, INPAINT_SIGMA, mode="nearest") / np.maximum(
-        gaussian_filter(inv, INPAINT_SIGMA, mode="nearest"), 1e-12)
-    return np.where(m, a, smooth).astype(np.float32)
+    den = np.maximum(gaussian_filter(inv, INPAINT_SIGMA, mode="nearest"), 1e-12)
+    out = []
+    for img in (a if a.ndim == 3 else a[None]):
+        filled = img[idx[0], idx[1]]
+        smooth = gaussian_filter(filled * inv, INPAINT_SIGMA, mode="nearest") / den
+        out.append(np.where(m, img, smooth))
+    out = np.asarray(out, dtype=np.float32)
+    return out if a.ndim == 3 else out[0]

@@ -120,8 +120,9 @@ class Standardizer:
         line = np.maximum(line, 0.0)
         bone = np.clip(bone, 0.0, line)
         if not valid.all():
-            line = np.maximum(inpaint_invalid(line, valid), 0.0)
-            bone = np.clip(inpaint_invalid(bone, valid), 0.0, line)
+            line, bone = inpaint_invalid(np.stack([line, bone]), valid)
+            line = np.maximum(line, 0.0)
+            bone = np.clip(bone, 0.0, line)
         return StandardizedImage(line.astype(np.float32), bone.astype(np.float32), valid.astype(np.uint8))
 
 
