@@ -19,7 +19,8 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={f"{PACKAGE}.engine": ["rtk_sart_order.json"]},
+    package_data={f"{PACKAGE}.engine": ["rtk_sart_order.json"],
+                  f"{PACKAGE}.standardize": ["weights/*.safetensors", "weights/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 
-SUBCOMMANDS = ["demo", "simulate", "import_scan", "reconstruct", "bench", "live"]
+SUBCOMMANDS = ["demo", "simulate", "import_scan", "reconstruct", "bench", "live", "standardize",
+               "train_standardizer"]
 
 
 def build_parser() -> argparse.ArgumentParser:

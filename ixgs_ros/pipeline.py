@@ -99,12 +99,14 @@ def reconstruct_scan(scan, grid: Grid, config: EngineConfig, *, holdout: int = 0
     metrics that is recorded in the report every ``log_every`` iterations (e.g. 3D PSNR vs a ground truth)."""
     if scan.image_kind != "line_integral":
         raise ValueError(f"scan image_kind is {scan.image_kind!r}: reconstruction needs line integrals "
-                         "(convert raw images with `ixgs import --to-line-integral`)")
+                         "(standardize raw images with `ixgs standardize` or `ixgs reconstruct --standardize`, "
+                         "or take -ln(I/I0) with `ixgs import --to-line-integral`)")
     engine = ReconstructionEngine(grid, config)
     held = set(select_holdout(len(scan.views), holdout, config.seed))
     for i, (view, img) in enumerate(zip(scan.views, scan.projections)):
+        # the scan's validity mask (if any): invalid pixels are left out of the loss and the initial solve
         try:
-            engine.add_view(view, img, holdout=i in held)
+            engine.add_view(view, img, holdout=i in held, mask=None if scan.mask is None else scan.mask[i])
         except EngineError as exc:
             raise EngineError(f"view {i}: {exc}") from None
     curve = []

@@ -25,7 +25,7 @@ BLOCKER = textwrap.dedent("""
     modules = []
     def onerror(name):
         raise ImportError(f"cannot import {name}")
-    for top in ("core", "engine", "simulation", "outputs", "evaluation", "commands"):
+    for top in ("core", "engine", "simulation", "standardize", "outputs", "evaluation", "commands"):
         pkg = importlib.import_module("ixgs_ros." + top)
         modules.append(pkg.__name__)
         for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".", onerror=onerror):
@@ -65,11 +65,12 @@ ALLOWED = {
     "core": {"core"},
     "engine": {"core", "engine", "evaluation.metrics"},  # held-out views are scored with the field's metrics
     "simulation": {"core", "simulation"},
+    "standardize": {"core", "simulation", "standardize"},  # the model trains on simulated images
     "outputs": {"core", "outputs"},
     "pipeline": {"core", "engine", "outputs", "evaluation"},
-    "evaluation": {"core", "engine", "simulation", "outputs", "evaluation", "pipeline"},
-    "commands": {"core", "engine", "simulation", "outputs", "evaluation", "pipeline", "commands"},
-    "nodes": {"core", "engine", "simulation", "outputs", "nodes", "msg"},
+    "evaluation": {"core", "engine", "simulation", "standardize", "outputs", "evaluation", "pipeline"},
+    "commands": {"core", "engine", "simulation", "standardize", "outputs", "evaluation", "pipeline", "commands"},
+    "nodes": {"core", "engine", "simulation", "standardize", "outputs", "nodes", "msg"},
 }
 #: Longer files must say why at their top (a module docstring line starting "Long because").
 MAX_LINES = 500

@@ -230,7 +230,7 @@ def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ro
                              "-p", f"record_dir:={tmp_path / 'record'}",
                              "-p", "source_detector_distance_mm:=1000.0"),
         "standardize": start_node("standardize", ros_env, "-r", f"__ns:={ns}", "-p", "downsample:=2",
-                                  "-p", f"i0:={i0}"),
+                                  "-p", f"i0:={i0}", "-p", "method:=log"),
     }
 
     def source_pose(t):  # the C-arm turns 20 degrees per second about z; source 600 mm from the origin
@@ -315,6 +315,8 @@ def test_ingest_and_standardize_turn_a_camera_stream_into_line_integral_views(ro
 @pytest.mark.parametrize("module,arg,error", [
     ("standardize", "downsample:=0", "error: downsample must be >= 1, got 0"),
     ("standardize", "i0:=-1.0", "error: i0 must be >= 0 (0 = from the message or estimated), got -1.0"),
+    ("standardize", "method:=magic", "error: method must be one of model, log, got 'magic'"),
+    ("standardize", "weights:=/nonexistent/w.safetensors", "/nonexistent/w.safetensors: weights file not found"),
     ("ingest", "max_sync_skew_s:=-0.1", "error: max_sync_skew_s must be >= 0, got -0.1"),
     ("ingest", "image_kind:=counts", "error: image_kind must be 'raw' or 'line_integral', got 'counts'"),
     ("player", "rate_hz:=2.0", "error: scan_dir is required (-p scan_dir:=/path/to/scan)"),
@@ -393,7 +395,8 @@ def test_scan_player_drives_ingest_and_standardize(ros_env, tmp_path):
         spin_until = spinner(executor, 60.0, 0.05)
 
         procs["ingest"] = start_node("ingest", ros_env, "-r", f"__ns:={ns}")
-        procs["standardize"] = start_node("standardize", ros_env, "-r", f"__ns:={ns}")  # i0 estimated
+        procs["standardize"] = start_node("standardize", ros_env, "-r", f"__ns:={ns}",
+                                          "-p", "method:=log")  # i0 estimated
         assert spin_until(lambda: node.count_publishers(f"{ns}/xray_views") > 0
                           and node.count_subscribers(f"{ns}/image_raw") > 0)
         spin_until(lambda: False, timeout=1.0)

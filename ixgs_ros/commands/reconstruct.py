@@ -27,6 +27,9 @@ def add_parser(sub):
                                 "(default: gt.nii.gz next to the scan when the grid matches)")
     p.add_argument("--config", help="YAML/JSON file with engine parameters (EngineConfig sections, optionally under engine:)")
     p.add_argument("--backend", choices=["auto", "torch", "cpp", "cuda"], default=None)
+    p.add_argument("--standardize", action="store_true",
+                   help="standardize raw images with the anatomy-guided model first (automatic for a raw scan)")
+    p.add_argument("--weights", help="standardization model weights (default: the committed ones)")
     p.add_argument("--save-state", action="store_true", help="also save the whole engine state to OUT/state")
     p.add_argument("--no-navigation", action="store_true", help="skip meshes, renderings and the report page")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -39,6 +42,17 @@ def run(args) -> int:
     from ixgs_ros.core.scan import Scan
 
     scan = Scan.load(args.scan_dir)
+    if scan.image_kind == "raw":  # raw images: the standardization model first (what --standardize asks for)
+        from ixgs_ros.standardize.apply import Standardizer, save_standardized_scan, standardize_scan
+
+        std = Standardizer(args.weights)
+        print(f"ixgs reconstruct: standardizing {len(scan.views)} raw view(s) with {std.weights.name} "
+              f"({std.record['sha256'][:12]})", file=sys.stderr)
+        scan, bone = standardize_scan(scan, std)
+        save_standardized_scan(scan, bone, Path(args.out) / "standardized")
+    elif args.standardize or args.weights:
+        raise ValueError("--standardize/--weights: the scan already holds line integrals (image_kind "
+                         f"{scan.image_kind!r}); only raw scans are standardized")
     grid = choose_grid(scan, like=args.like, size=args.size, spacing=args.spacing, center=args.center)
     from ixgs_ros.engine import load_engine_config
 

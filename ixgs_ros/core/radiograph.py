@@ -18,11 +18,11 @@ No scatter or beam-hardening correction happens here; that is the job of the lea
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import uniform_filter
+from scipy.ndimage import gaussian_filter, uniform_filter
 
 from .geometry import View
 
-__all__ = ["RadiographError", "estimate_i0", "to_line_integral", "bin_view", "standardize"]
+__all__ = ["RadiographError", "estimate_i0", "to_line_integral", "bin_view", "standardize", "inpaint_invalid"]
 
 #: Lowest transmission kept by :func:`to_line_integral` (I / I0); lower values are clipped to it.
 DEFAULT_FLOOR = 1e-6
@@ -135,3 +135,37 @@ def standardize(view: View, image, *, raw: bool, i0: float = 0.0, downsample: in
         li = a.astype(np.float32, copy=False)
     view, li = bin_view(view, li, downsample)
     return view, np.ascontiguousarray(li, dtype=np.float32), info
+
+
+#: Gaussian width (pixels) that smooths :func:`inpaint_invalid`'s fill.
+INPAINT_SIGMA = 2.0
+
+
+def inpaint_invalid(image, mask) -> np.ndarray:
+    """``image`` (2D, or a stack of images sharing the mask) with its invalid pixels (``mask`` 0 / False) replaced by a smooth continuation of the valid
+    ones: each takes the value of its nearest valid pixel (Euclidean distance transform), then the filled
+    pixels are smoothed among themselves (normalised Gaussian, ``INPAINT_SIGMA``; an isolated invalid pixel keeps
+    its nearest valid neighbour's value, so air next to air stays air). Holes (metal) get a smooth fill from their rim, border
+    regions (shutters) the values at their edge continued outwards. Valid pixels are returned unchanged
+    (float32). Used so that pixels without information do not enter a solver that cannot weight rays (SART)
+    as data, and so that a consumer ignoring the mask gets no garbage."""
+    from scipy.ndimage import distance_transform_edt
+
+    a = np.asarray(image, dtype=np.float64)
+    m = np.asarray(mask).astype(bool)
+    if a.ndim not in (2, 3) or m.ndim != 2 or m.shape != a.shape[-2:]:
+        raise RadiographError(f"inpaint_invalid: image {a.shape} and mask {m.shape} must share one 2D shape")
+    if m.all():
+        return a.astype(np.float32)
+    if not m.any():
+        raise RadiographError("inpaint_invalid: no valid pixel to inpaint from")
+    idx = distance_transform_edt(~m, return_distances=False, return_indices=True)
+    inv = (~m).astype(np.float64)  # smooth among the filled pixels only: nothing spreads from valid ones
+    den = np.maximum(gaussian_filter(inv, INPAINT_SIGMA, mode="nearest"), 1e-12)
+    out = []
+    for img in (a if a.ndim == 3 else a[None]):
+        filled = img[idx[0], idx[1]]
+        smooth = gaussian_filter(filled * inv, INPAINT_SIGMA, mode="nearest") / den
+        out.append(np.where(m, img, smooth))
+    out = np.asarray(out, dtype=np.float32)
+    return out if a.ndim == 3 else out[0]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..core.geometry import View
+from ..core.radiograph import inpaint_invalid
 from ..core.volume import Grid, resample
 from . import render as gr
 from .config import EngineConfig, EngineError
@@ -42,7 +43,7 @@ from .losses import projection_loss, tv_3d
 from .model import GaussianModel, NormalizedFrame
 from .optim import Adam, learning_rates as schedule_rates
 from .placement import lattice_from_field
-from .views import ViewData, check_view, prepare_view, view_tensors
+from .views import ViewData, check_mask, check_view, prepare_view, view_tensors
 from .voxelize import voxelize
 
 __all__ = ["ReconstructionEngine", "EngineStatus", "HoldoutScores"]
@@ -111,14 +112,21 @@ class ReconstructionEngine:
         self._preview = None   # preview(volume, label) during the first initialisation (step)
 
     # ================================================================= views
-    def add_view(self, view: View, image, *, holdout: bool = False) -> int:
+    def add_view(self, view: View, image, *, holdout: bool = False, mask=None) -> int:
         """Add a line-integral view (``image`` float [H, W], ∫mu dl with mu in 1/mm). Returns its index.
 
+        ``mask`` (optional, [H, W] of 0/1 or bool, 1 = valid): pixels marked 0 carry no information (collimator
+        shutters, saturation, metal, overlays); whatever they hold (also NaN) is ignored: they are excluded
+        from the loss and inpainted from their valid neighbours for the initial solve.
         Views can be added at any time, before or during optimisation; invalid input raises
         :class:`EngineError` and leaves the engine unchanged (see :func:`.views.check_view`).
         """
+        m = check_mask(mask, np.shape(image))
+        if m is not None:  # masked pixels carry nothing: zero them before the checks (NaN there is fine)
+            image = np.where(m, np.asarray(image, dtype=np.float32), np.float32(0.0))
         img = check_view(view, image, self.grid)
-        self.views.append(prepare_view(view, torch.from_numpy(img.copy()), holdout, self.frame, self.device))
+        self.views.append(prepare_view(view, torch.from_numpy(img.copy()), holdout, self.frame, self.device,
+                                       mask=None if m is None else torch.from_numpy(m)))
         return len(self.views) - 1
 
     @property
@@ -252,9 +260,15 @@ class ReconstructionEngine:
         self.densifier.reset(self.model)
 
     def _train_views_world(self):
+        """Training views and their line integrals (world units) for the initial solve; masked pixels are
+        inpainted from their valid neighbours (:func:`~ixgs_ros.core.radiograph.inpaint_invalid`), so that SART
+        does not trust them."""
         idx = self.train_indices
         views = [self.views[i].view for i in idx]
         proj = np.stack([(self.views[i].image * self.frame.projection_scale).cpu().numpy() for i in idx])
+        for k, i in enumerate(idx):
+            if self.views[i].mask is not None:
+                proj[k] = inpaint_invalid(proj[k], self.views[i].mask.cpu().numpy() > 0.5)
         return views, proj
 
     def _init_field(self) -> tuple[torch.Tensor, Grid]:
@@ -340,7 +354,7 @@ class ReconstructionEngine:
                 pred = self._render(vd.K, vd.T, vd.image.shape[0], vd.image.shape[1])
                 if vd.background is not None:
                     pred = pred + vd.background
-                l1_v, loss_v = projection_loss(pred, vd.image, o.lambda_ssim)
+                l1_v, loss_v = projection_loss(pred, vd.image, o.lambda_ssim, mask=vd.mask)
                 l1 = l1 + l1_v
                 loss = loss + loss_v
             l1 = l1 / len(used)

@@ -47,6 +47,8 @@ def save_state(eng, directory) -> Path:
         tensors[f"view.{i}.image"] = (vd.image * eng.frame.projection_scale).cpu().contiguous()
         if vd.background is not None:
             tensors[f"view.{i}.background"] = vd.background.cpu().contiguous()
+        if vd.mask is not None:  # validity masks: states without them load as before
+            tensors[f"view.{i}.mask"] = (vd.mask > 0.5).to(torch.uint8).cpu().contiguous()
     if eng._exterior is not None:
         tensors["exterior.volume"] = torch.from_numpy(np.ascontiguousarray(eng._exterior[0]))
     tensors["rng"] = eng._gen.get_state()
@@ -114,7 +116,8 @@ def load_state(cls, directory, device: str | None = None):
         raise EngineError(f"{d}: {tensors_file.name} is not readable ({type(exc).__name__}: {exc})") from None
     for i, vmeta in enumerate(meta["views"]):
         view = View(np.array(vmeta["K"]), np.array(vmeta["T_world_source"]), vmeta["width"], vmeta["height"])
-        vd = prepare_view(view, tensors[f"view.{i}.image"], vmeta["holdout"], eng.frame, eng.device)
+        vd = prepare_view(view, tensors[f"view.{i}.image"], vmeta["holdout"], eng.frame, eng.device,
+                          mask=tensors.get(f"view.{i}.mask"))
         if f"view.{i}.background" in tensors:
             vd.background = tensors[f"view.{i}.background"].to(eng.device)
         eng.views.append(vd)

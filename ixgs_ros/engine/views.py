@@ -13,7 +13,7 @@ from ..core.volume import Grid
 from .config import EngineError
 from .model import NormalizedFrame
 
-__all__ = ["ViewData", "check_view", "prepare_view"]
+__all__ = ["ViewData", "check_view", "check_mask", "prepare_view"]
 
 #: An image whose minimum is below this fraction of minus its maximum holds raw intensities, not line integrals.
 NEGATIVE_TOLERANCE = 0.05
@@ -27,6 +27,7 @@ class ViewData:
     T: torch.Tensor            # pose in the normalised frame
     holdout: bool = False
     background: torch.Tensor | None = None  # fixed line integrals of the material outside the ROI (normalised)
+    mask: torch.Tensor | None = None        # per-pixel validity [H, W] (float 0/1), None = every pixel valid
 
 
 def check_view(view: View, image, grid: Grid) -> np.ndarray:
@@ -65,6 +66,23 @@ def check_view(view: View, image, grid: Grid) -> np.ndarray:
     return img
 
 
+def check_mask(mask, image_shape) -> np.ndarray | None:
+    """A validity mask (0/1 or bool ``[H, W]`` of the image's shape, 1 = the pixel carries information) as bool,
+    None for None; :class:`EngineError` naming the problem otherwise (also when no pixel is valid)."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.shape != tuple(image_shape):
+        raise EngineError(f"mask shape {m.shape} does not match the image {tuple(image_shape)}")
+    if m.dtype != np.bool_:
+        if not np.issubdtype(m.dtype, np.number) or not np.isin(m, (0, 1)).all():
+            raise EngineError("mask must hold only 0 and 1 (1 = valid pixel)")
+        m = m.astype(bool)
+    if not m.any():
+        raise EngineError("mask marks every pixel invalid: the view carries no information")
+    return m
+
+
 def view_tensors(view: View, frame: NormalizedFrame, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(K, T)`` of ``view`` as float32 tensors, the pose in the normalised frame."""
     dt = torch.float32
@@ -72,8 +90,11 @@ def view_tensors(view: View, frame: NormalizedFrame, device) -> tuple[torch.Tens
             torch.tensor(frame.pose_to_normalized(view.T_world_source), dtype=dt, device=device))
 
 
-def prepare_view(view: View, image: torch.Tensor, holdout: bool, frame: NormalizedFrame, device) -> ViewData:
-    """The engine's record of a checked view: image in normalised units, K and pose as tensors."""
+def prepare_view(view: View, image: torch.Tensor, holdout: bool, frame: NormalizedFrame, device,
+                 mask: torch.Tensor | None = None) -> ViewData:
+    """The engine's record of a checked view: image in normalised units, K and pose as tensors, the validity
+    mask (if any) as a float 0/1 tensor."""
     img = (image / frame.projection_scale).to(torch.float32).to(device)
     K, T = view_tensors(view, frame, device)
-    return ViewData(view, img, K, T, holdout)
+    m = None if mask is None else torch.as_tensor(mask).to(device=device, dtype=torch.float32)
+    return ViewData(view, img, K, T, holdout, mask=m)
