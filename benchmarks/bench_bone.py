@@ -28,7 +28,8 @@ Scores (``ixgs_ros.evaluation.bone_accuracy``): symmetric mean surface distance 
 iso-surfaces of the reconstruction (on the ROI grid) and of the CT at its native resolution, overall and per
 vertebra; Dice of the masks above 250 HU on the ROI grid; the floor (the CT resampled onto the ROI grid, scored
 the same way). Time: wall seconds and CPU seconds of the method (CPU / 2 estimates the wall time on 2 idle cores;
-this machine is shared); peak RSS of the method's process.
+this machine is shared); peak RSS of the method's process (about 1.2-1.5 GB of it is the interpreter, torch and
+ITK, loaded before the method starts: ``peak_rss_growth_mb`` is what the method added).
 
 Writes ``DIR/results.json`` and ``DIR/results.md``; ``--figure`` adds ``DIR/figures/<case>-<n>v-bone.png`` (axial
 and sagittal slices through a pedicle, CT background, CT bone contour green, reconstruction red; the vertebra's
@@ -129,7 +130,8 @@ def run_job(job: dict) -> dict:
     from ixgs_ros.core.rtk import preload
 
     preload()  # ITK's lazy loading is not timed
-    rec: dict = {"method": method}
+    rec: dict = {"method": method,
+                 "peak_rss_before_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     c0, t0 = time.process_time(), time.perf_counter()
     if method in ("bone", "bone-gs", "standardized"):
         from ixgs_ros.engine.bone import BoneReconstruction
@@ -185,6 +187,7 @@ def run_job(job: dict) -> dict:
     rec["wall_s"] = time.perf_counter() - t0
     rec["cpu_s"] = time.process_time() - c0
     rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rec["peak_rss_growth_mb"] = rec["peak_rss_mb"] - rec["peak_rss_before_mb"]
     np.save(job["result"], np.asarray(vol, np.float32))
     return rec
 
@@ -227,7 +230,9 @@ def markdown(results: dict) -> str:
         fl = c["floor"]
         lines += [f"## {c['name']}: {c['trajectory']['kind']} {c['trajectory']['arc_deg']:.0f} deg, tilt "
                   f"{c['trajectory']['tilt_deg']:+.1f} deg", "",
-                  f"Floor (CT resampled to the ROI grid): mean {_fmt(fl['mean'])} mm, HD95 {_fmt(fl['hd95'])} mm.", "",
+                  f"Floor (CT resampled to the ROI grid): mean {_fmt(fl['mean'])} mm, HD95 {_fmt(fl['hd95'])} mm; "
+                  f"bone-only floor (the CT's voxels above 200 HU resampled, soft tissue filled in): mean "
+                  f"{_fmt(c['floor_bone']['mean'])} mm, HD95 {_fmt(c['floor_bone']['hd95'])} mm.", "",
                   "| views | method | mean | HD95 | Dice | worst vertebra (mean / HD95) | wall s | CPU s | peak MB |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in results["records"]:
@@ -274,7 +279,8 @@ def main(argv=None) -> int:
     from ixgs_ros.core.config import parse_overrides
     from ixgs_ros.core.scan import Scan
     from ixgs_ros.core.volume import load_nifti
-    from ixgs_ros.evaluation.bone_accuracy import bone_floor, reference_ct, score_bone
+    from ixgs_ros.evaluation.bone_accuracy import bone_floor, bone_only_floor, reference_ct, score_bone
+    from ixgs_ros.outputs.bone import bone_surface_volume
     from ixgs_ros.simulation.ct import load_ct
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -305,12 +311,15 @@ def main(argv=None) -> int:
         _, grid = load_nifti(d / "gt.nii.gz")
         ref = reference_ct(ct, grid)
         floor = bone_floor(grid, ref)
+        floor_bone = bone_only_floor(grid, ref)
         traj = scan.views[0].meta.get("trajectory", {})
-        results["cases"].append({"name": name, "scan_dir": str(d), "floor": floor, "grid": grid.to_dict(),
+        results["cases"].append({"name": name, "scan_dir": str(d), "floor": floor, "floor_bone": floor_bone,
+                                 "grid": grid.to_dict(),
                                  "trajectory": {"kind": CASES[name][1], "arc_deg": case_trajectory(name, n_total, args.detector).arc_deg,
                                                 "tilt_deg": case_trajectory(name, n_total, args.detector).tilt_deg,
                                                 "first_view": traj}})
-        say(f"[bone-bench] {name}: floor mean {floor['mean']:.2f} mm, HD95 {floor['hd95']:.2f} mm")
+        say(f"[bone-bench] {name}: floor mean {floor['mean']:.2f} mm, HD95 {floor['hd95']:.2f} mm; bone-only floor "
+            f"{floor_bone['mean']:.2f} / {floor_bone['hd95']:.2f} mm")
         for n in views:
             train, held = _training(scan, n, args.holdout)
             for method in methods:
@@ -324,7 +333,12 @@ def main(argv=None) -> int:
                     rec.update(_run_isolated(job))
                     if "skipped" not in rec:
                         vol = np.load(job["result"])
-                        rec["metrics"] = score_bone(vol, grid, ref)
+                        if method == "full":  # a full volume has its soft tissue
+                            rec["metrics"] = score_bone(vol, grid, ref)
+                        else:  # bone volumes are surfaced with soft tissue filled in (what the meshes use)
+                            rec["metrics"] = score_bone(bone_surface_volume(vol), grid, ref)
+                            raw = score_bone(vol, grid, ref)
+                            rec["metrics_unfilled"] = {k: raw[k] for k in ("mean", "hd95", "dice")}
                         m = rec["metrics"]
                         say(f"[bone-bench]   {tag}: mean {m['mean']:.2f} mm, HD95 {m['hd95']:.2f} mm, Dice "
                             f"{m['dice']:.3f}, wall {rec['wall_s']:.0f} s, CPU {rec['cpu_s']:.0f} s, peak "

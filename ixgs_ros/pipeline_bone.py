@@ -24,7 +24,7 @@ from .core.bone_channel import load_bone_channel
 from .core.volume import Grid, load_nifti, save_nifti
 from .engine import EngineConfig
 from .engine.bone import BoneReconstruction
-from .outputs.bone import bone_pieces, piece_summary
+from .outputs.bone import bone_pieces, bone_surface_volume, piece_summary
 from .outputs.bone_gate import GateConfig, holdout_images
 from .outputs.mesh import bone_surface, threshold_to_mu, write_mesh
 from .outputs.navigation import json_default
@@ -113,7 +113,8 @@ def _bone_accuracy(volume, grid: Grid, gt_path, labels) -> dict:
 
 def write_bone_outputs(result: BoneResult, out_dir, grid: Grid, *, labels=None, gt_path=None,
                        gate: GateConfig = GateConfig(), background=None, figure: bool = True) -> dict:
-    """Write the bone outputs (module docstring); merge the "bone" sections into ``navigation.json`` and
+    """Write the bone outputs (module docstring; meshes and the accuracy use the bone volume with soft tissue
+    filled in around it, :func:`~ixgs_ros.outputs.bone.bone_surface_volume`); merge the "bone" sections into ``navigation.json`` and
     ``report.json`` when they exist. ``labels``: a label map on ``grid`` naming the pieces; ``gt_path``: a
     ground-truth mu NIfTI on ``grid`` for the surface accuracy; ``background``: a volume on ``grid`` shown under
     the contours of the slice figure (e.g. the full volume). Returns ``{key: path}``."""
@@ -122,7 +123,8 @@ def write_bone_outputs(result: BoneResult, out_dir, grid: Grid, *, labels=None, 
     vol = result.volume
     paths = {"bone": save_nifti(out / "bone.nii.gz", vol, grid, "bone mu [1/mm] (ixgs bone target)")}
     t0 = time.perf_counter()
-    whole = bone_surface(vol, grid, smooth_iterations=5, target_faces=200_000, min_component_fraction=0.0)
+    surf = bone_surface_volume(vol)  # soft tissue filled in around the bone: the CT's 250 HU surface
+    whole = bone_surface(surf, grid, smooth_iterations=5, target_faces=200_000, min_component_fraction=0.0)
     if not whole.is_empty:
         for fmt in ("ply", "stl"):
             paths[f"bone_mesh_{fmt}"] = write_mesh(whole, out / "bone" / f"bone.{fmt}")
@@ -138,12 +140,12 @@ def write_bone_outputs(result: BoneResult, out_dir, grid: Grid, *, labels=None, 
                "for_navigation": [s["label"] for s in summaries if s["for_navigation"]],
                "source": result.report.get("source")}
     if gt_path is not None:
-        section["accuracy"] = _bone_accuracy(vol, grid, gt_path, labels)
+        section["accuracy"] = _bone_accuracy(surf, grid, gt_path, labels)
     if figure:
         from .outputs.bone_figure import bone_slices_figure
 
         try:
-            paths["bone_slices"] = bone_slices_figure(vol, grid, out / "bone" / "slices.png", background=background,
+            paths["bone_slices"] = bone_slices_figure(surf, grid, out / "bone" / "slices.png", background=background,
                                                       labels=labels, pieces=pieces)
         except Exception as exc:  # noqa: BLE001 - a figure is never worth losing the outputs for
             section["figure_error"] = f"{type(exc).__name__}: {exc}"

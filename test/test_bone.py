@@ -15,7 +15,7 @@ from ixgs_ros.engine import EngineConfig, EngineError, ReconstructionEngine
 from ixgs_ros.engine.bone import BoneReconstruction, finish_bone
 from ixgs_ros.engine.bone_solve import bone_hull, refine_support, support_levels
 from ixgs_ros.evaluation.accuracy import bone_surface_distance
-from ixgs_ros.outputs.bone import bone_pieces
+from ixgs_ros.outputs.bone import bone_pieces, bone_surface_volume
 from ixgs_ros.outputs.bone_gate import GateConfig, angular_coverage
 
 #: small pass counts for 32^3 scenes (the defaults are tuned for 128^3 at 1 mm and take minutes)
@@ -80,6 +80,18 @@ def test_support_step_and_floor_keep_bone_and_clear_haze():
     assert support_levels(8, EngineConfig().bone)[0] == 0 and support_levels(8, EngineConfig().bone)[-1] == 0.5
     z = finish_bone(x)
     assert z[0, 0, 0] == 0 and z[5, 5, 7] == 0.03
+
+
+def test_soft_tissue_fill_puts_the_surface_where_the_full_volume_has_it(scene):
+    """A bone-only volume drops to 0 where the full volume drops to soft tissue: with partial-volume voxels its
+    250 HU surface lies inside the bone; filled with soft tissue it matches the full volume's."""
+    _, _, _, truth, bones = scene
+    full = bp.full_truth(bones)
+    raw = bone_surface_distance(truth, bp.ROI, full, bp.ROI)
+    filled = bone_surface_distance(bone_surface_volume(truth, bp.SOFT), bp.ROI, full, bp.ROI)
+    assert filled["mean"] < 0.5 * raw["mean"], (filled, raw)
+    v = bone_surface_volume(truth)
+    assert v[0, 0, 0] == 0 and np.all(v[truth >= bp.BONE * 0.999] == truth[truth >= bp.BONE * 0.999])
 
 
 def test_pieces_split_with_centroids_boxes_and_labels(scene):

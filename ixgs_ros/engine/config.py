@@ -111,17 +111,17 @@ class DensificationConfig:
 class BoneConfig:
     """The bone target (:mod:`ixgs_ros.engine.bone_solve`, :mod:`ixgs_ros.engine.bone`): a bone volume from
     bone-only line integrals, with the priors a sparse compact object allows."""
-    solve_max_voxels: int = 96 ** 3   # the coarse solve grid over the box the views show bone in
-    coarse_passes: int = 24           # SART passes on it (each followed by TV and the bone priors)
-    mid_passes: int = 24              # first on that box at twice the output spacing (when the solve is coarser)
-    fine_passes: int = 12             # SART passes re-solving the ROI + fine_margin_mm at the output spacing
+    solve_max_voxels: int = 64 ** 3   # the coarse solve grid over the box the views show bone in
+    coarse_passes: int = 12           # SART passes on it (each followed by TV and the bone priors)
+    mid_passes: int = 24              # first on the fine box at twice the output spacing (solve coarser than that)
+    fine_passes: int = 16             # SART passes re-solving the ROI + fine_margin_mm at the output spacing
     fine_margin_mm: float = 6.0
     pass_views: int = 25              # pass counts are for this many views; fewer views: scaled up (init's cap)
     relaxation: float = 1.3
     tv_weight: float = 0.02           # coarse TV weight, decaying to tv_weight_final (relative to the max)
     tv_weight_final: float | None = 0.002
-    fine_tv_weight: float = 0.01
-    fine_tv_weight_final: float | None = 0.002
+    fine_tv_weight: float = 0.003     # the fine stage: little TV (edges; the support step and the hull regularise)
+    fine_tv_weight_final: float | None = 0.0005
     sparsity: float = 0.002           # soft threshold (mu, 1/mm) after the first pass, decaying with the TV weight
     hull_threshold: float = 0.01      # visual hull: pixels below this fraction of the max carry no bone (0: off)
     hull_dilate_px: float = 1.0       # slack around each voxel's footprint (pixels)

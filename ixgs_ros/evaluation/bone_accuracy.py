@@ -11,7 +11,7 @@ from ..core.volume import Grid, resample
 from ..outputs.mesh import threshold_to_mu
 from .accuracy import bone_surface_distance, crop_to_box
 
-__all__ = ["ReferenceCT", "reference_ct", "dice", "score_bone", "bone_floor"]
+__all__ = ["ReferenceCT", "reference_ct", "dice", "score_bone", "bone_floor", "bone_only_floor"]
 
 
 class ReferenceCT:
@@ -65,3 +65,15 @@ def score_bone(volume: np.ndarray, grid: Grid, ref: ReferenceCT, *, threshold: f
 def bone_floor(grid: Grid, ref: ReferenceCT, **kwargs) -> dict:
     """:func:`score_bone` of the CT itself resampled (trilinear) onto ``grid``: the floor of that grid."""
     return score_bone(resample(ref.mu, ref.grid, grid, order=1), grid, ref, **kwargs)
+
+
+def bone_only_floor(grid: Grid, ref: ReferenceCT, fill: bool = True, **kwargs) -> dict:
+    """:func:`score_bone` of the CT's bone part (voxels above 200 HU with their mu, zero elsewhere, at the CT's
+    resolution: what the bone projections are the line integrals of) resampled onto ``grid``, with soft tissue
+    filled in around it (:func:`~ixgs_ros.outputs.bone.bone_surface_volume`) when ``fill``: the floor of a perfect
+    bone reconstruction on that grid."""
+    from ..outputs.bone import bone_surface_volume
+    from ..simulation.bone_scan import bone_volume
+
+    vol = resample(bone_volume(ref.mu), ref.grid, grid, order=1)
+    return score_bone(bone_surface_volume(vol) if fill else vol, grid, ref, **kwargs)

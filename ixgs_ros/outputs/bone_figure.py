@@ -84,15 +84,14 @@ def bone_slices_figure(bone, grid: Grid, path, *, background=None, reference=Non
 
         ax = fig.add_subplot(1, 3, 3, projection="3d")
         lo, hi = (np.asarray(b) for b in piece.bbox)
-        for mesh, color, alpha in ((reference_mesh, (0.2, 0.8, 0.2), 0.25),
-                                   (clean_mesh(piece.mesh, min_component_fraction=0.0, smooth_iterations=0,
-                                               target_faces=4000), (0.85, 0.2, 0.2), 0.6)):
-            tri = mesh.triangles()
-            sel = np.all((tri.mean(1) >= lo - 3) & (tri.mean(1) <= hi + 3), axis=1)
-            tri = tri[sel]
-            if len(tri) > 6000:
-                tri = tri[np.random.default_rng(0).choice(len(tri), 6000, replace=False)]
-            ax.add_collection3d(Poly3DCollection(tri, facecolor=color, edgecolor="none", alpha=alpha))
+        from .mesh import Mesh
+
+        for mesh, color, alpha in ((reference_mesh, (0.2, 0.8, 0.2), 0.35), (piece.mesh, (0.85, 0.2, 0.2), 0.55)):
+            c = mesh.triangles().mean(1)
+            sel = np.all((c >= lo - 1.0) & (c <= hi + 1.0), axis=1)
+            part = clean_mesh(Mesh(mesh.vertices, mesh.faces[sel]).compact(), min_component_fraction=0.05,
+                              smooth_iterations=0, target_faces=5000)
+            ax.add_collection3d(Poly3DCollection(part.triangles(), facecolor=color, edgecolor="none", alpha=alpha))
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
         ax.set_zlim(lo[2], hi[2])

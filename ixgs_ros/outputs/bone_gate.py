@@ -15,8 +15,9 @@ Terms (each in 0..1; the confidence is their product):
   absolute difference between the measured and the re-projected bone line integrals of the held-out views in the
   piece's shadow, relative to the measured mean there.
 
-A piece is ``for_navigation`` when its confidence reaches ``threshold`` and it is not cut by the grid's boundary
-(a vertebra only partly inside the field of view is not registered as a whole). ``reason`` says why not.
+A piece is ``for_navigation`` when its confidence reaches ``threshold``, it is not cut by the grid's boundary (a
+vertebra only partly inside the field of view is not registered as a whole) and it is not a fragment (smaller
+than ``min_volume_mm3``). ``reason`` says why not.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class GateConfig:
     tangent_deg: float = 10.0       # a ray within this angle of a face's plane sees it tangentially
     consistency_error: float = 0.5  # relative held-out error at which the consistency term reaches 0
     min_views: int = 6              # fewer views seeing a piece: confidence 0
+    min_volume_mm3: float = 2000.0  # smaller pieces are fragments (a vertebra is 20-60 cm^3): not for navigation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,5 +169,7 @@ def gate_pieces(pieces, volume, grid: Grid, views, *, consistency: dict | None =
             reasons.append("cut by the reconstruction grid's boundary")
         if n_seen < config.min_views:
             reasons.append(f"seen by {n_seen} views (< {config.min_views})")
+        if p.volume_mm3 < config.min_volume_mm3:
+            reasons.append(f"a fragment ({p.volume_mm3:.0f} mm^3 < {config.min_volume_mm3:g})")
         p.for_navigation = not reasons
         p.terms["reason"] = "; ".join(reasons) if reasons else "ok"
