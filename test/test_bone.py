@@ -216,3 +216,23 @@ def test_cli_bone_needs_a_bone_channel(bone_scan, tmp_path, capsys):
     assert rc == 2 and "neither a bone channel" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["reconstruct", str(plain), "--out", str(out), *_grid_args(), "--target", "marrow", "--quiet"])
+
+
+def test_cli_simulate_ideal_bone(tmp_path, capsys):
+    """`ixgs simulate --ideal-bone`: full-body line integrals with the bone-only projections beside them."""
+    out = tmp_path / "sim"
+    rc = main(["simulate", "--out", str(out), "--roi", "T12", "--roi-size", "16", "--roi-spacing", "4",
+               "--views", "3", "--detector", "32", "--renderer", "trilinear", "--ideal-bone", "--no-preview",
+               "--style-cache", "none", "--quiet"])
+    assert rc == 0
+    scan = Scan.load(out)
+    bone = load_bone_channel(out, scan, from_ideal=True)
+    assert bone.shape == scan.projections.shape == (3, 32, 32)
+    assert bone.max() > 0.3 and np.all(bone <= scan.projections + 1e-4)
+    assert bone.sum() < 0.6 * scan.projections.sum()  # bone crosses nearly every chest ray, but is a part of it
+    bgt, grid = load_nifti(out / "bone_gt.nii.gz")
+    gt, _ = load_nifti(out / "gt.nii.gz")
+    level = 0.0195 * 1.2  # 200 HU
+    assert np.all((bgt == 0) | (bgt > level)) and np.array_equal(bgt[gt > level], gt[gt > level])
+    with pytest.raises(BoneChannelError, match="--bone-from-ideal"):
+        load_bone_channel(out, scan)
