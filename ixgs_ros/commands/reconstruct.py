@@ -33,12 +33,25 @@ def add_parser(sub):
     p.add_argument("--save-state", action="store_true", help="also save the whole engine state to OUT/state")
     p.add_argument("--no-navigation", action="store_true", help="skip meshes, renderings and the report page")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # ---- bone target (issue 34)
+    g = p.add_argument_group("bone target (bone.nii.gz, bone pieces and their confidence in navigation.json)")
+    g.add_argument("--target", choices=["auto", "full", "bone", "both"], default="auto",
+                   help="full: the attenuation volume (volume.nii.gz); bone: the bone volume from the scan's bone "
+                        "channel (bone.nii.gz, bone meshes); both; auto (default): both when the scan carries a bone "
+                        "channel (scan.json \"bone\": \"bone.npy\"), else full")
+    g.add_argument("--bone-from-ideal", action="store_true",
+                   help="evaluation only: take the bone channel from a simulated scan's ideal/bone.npy")
+    g.add_argument("--labels", help="vertebra label map (TotalSegmentator numbering) on the output grid: names the "
+                                    "bone pieces (default: labels.nii.gz next to the scan when on the grid)")
+    g.add_argument("--gate", type=float, default=None, metavar="C",
+                   help="confidence a bone piece needs to be marked for navigation (default 0.5)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
     from ixgs_ros.pipeline import choose_grid, reconstruct_scan, write_outputs
+    from ixgs_ros.pipeline_bone import resolve_target
     from ixgs_ros.core.scan import Scan
 
     scan = Scan.load(args.scan_dir)
@@ -54,6 +67,12 @@ def run(args) -> int:
         raise ValueError("--standardize/--weights: the scan already holds line integrals (image_kind "
                          f"{scan.image_kind!r}); only raw scans are standardized")
     grid = choose_grid(scan, like=args.like, size=args.size, spacing=args.spacing, center=args.center)
+    target = resolve_target(args.target, scan, args.bone_from_ideal)
+    bone = None
+    if target in ("bone", "both"):  # a missing or bad bone channel fails before any reconstruction
+        from ixgs_ros.core.bone_channel import load_bone_channel
+
+        bone = load_bone_channel(args.scan_dir, scan, from_ideal=args.bone_from_ideal)
     from ixgs_ros.engine import load_engine_config
 
     cfg = load_engine_config(args.config, iterations=args.iterations, device=args.device, seed=args.seed,
@@ -66,11 +85,17 @@ def run(args) -> int:
 
             gt = str(cand) if Grid.like(cand) == grid else None
     print(f"ixgs reconstruct: {len(scan.views)} views, grid {grid.shape} at {grid.spacing.round(3).tolist()} mm, "
-          f"{cfg.iterations} iterations on {cfg.device}", file=sys.stderr)
-    result = reconstruct_scan(scan, grid, cfg, holdout=args.holdout, progress=not args.quiet)
-    paths = write_outputs(result, args.out, grid, scan=scan, gt_path=gt, navigation=not args.no_navigation)
-    if args.save_state:
-        result.engine.save(Path(args.out) / "state")
+          f"target {target}, {cfg.iterations} iterations on {cfg.device}", file=sys.stderr)
+    result = None
+    if target in ("full", "both"):
+        result = reconstruct_scan(scan, grid, cfg, holdout=args.holdout, progress=not args.quiet)
+        paths = write_outputs(result, args.out, grid, scan=scan, gt_path=gt, navigation=not args.no_navigation)
+        if args.save_state:
+            result.engine.save(Path(args.out) / "state")
+    if target in ("bone", "both"):
+        _run_bone(args, scan, grid, cfg, bone, gt, None if result is None else result.volume)
+    if result is None:
+        return 0
     rep = result.report
     print(f"done in {rep['wall_time_s']:.1f} s: {rep['num_gaussians']} Gaussians, volume -> {paths['volume']}")
     if "metrics_3d" in rep:
@@ -80,3 +105,36 @@ def run(args) -> int:
         h = rep["holdout_2d"]
         print(f"held-out views: 2D PSNR {h['psnr_mean']:.2f} dB, 2D SSIM {h['ssim_mean']:.4f} (n={h['n']})")
     return 0
+
+
+def _run_bone(args, scan, grid, cfg, bone, gt, full_volume) -> None:
+    """The bone target's part of ``ixgs reconstruct`` (:mod:`ixgs_ros.pipeline_bone`)."""
+    import numpy as np
+
+    from ixgs_ros.core.volume import Grid, load_nifti
+    from ixgs_ros.outputs.bone_gate import GateConfig
+    from ixgs_ros.pipeline_bone import reconstruct_bone_scan, write_bone_outputs
+
+    labels = None
+    lpath = args.labels or (Path(args.scan_dir) / "labels.nii.gz")
+    if args.labels or Path(lpath).exists():
+        if not Path(lpath).exists():
+            raise FileNotFoundError(f"--labels: file not found: {lpath}")
+        if Grid.like(lpath) == grid:
+            labels = np.rint(load_nifti(lpath)[0]).astype(np.int32)
+        elif args.labels:
+            raise ValueError(f"--labels {lpath} is not on the output grid")
+    gate = GateConfig() if args.gate is None else GateConfig(threshold=float(args.gate))
+    res = reconstruct_bone_scan(scan, args.scan_dir, grid, cfg, bone=bone, bone_from_ideal=args.bone_from_ideal,
+                                holdout=args.holdout, progress=not args.quiet)
+    paths = write_bone_outputs(res, args.out, grid, labels=labels, gt_path=gt, gate=gate, background=full_volume)
+    import json
+
+    nav = json.loads(paths["summary"].read_text())["bone"]
+    ok = nav["for_navigation"]
+    print(f"bone target done in {res.report['wall_time_s']:.1f} s: {len(nav['pieces'])} piece(s), "
+          f"{len(ok)} for navigation ({', '.join(ok) or 'none'}), volume -> {paths['bone']}")
+    acc = nav.get("accuracy")
+    if acc and "mean_mm" in acc:
+        print(f"bone surface vs {acc['reference']}: mean {acc['mean_mm']:.2f} mm, HD95 {acc['hd95_mm']:.2f} mm, "
+              f"Dice {acc['dice']:.3f}")

@@ -74,6 +74,9 @@ def add_parser(sub):
     g.add_argument("--style-cache", metavar="DIR", default="default",
                    help="path-length and spectrum cache (default: $IXGS_XRAY_CACHE or ~/.cache/ixgs_ros/xray; "
                         "'none' disables it)")
+    g.add_argument("--ideal-bone", action="store_true",
+                   help="full-body line integrals plus the ideal bone-only projections beside them (ideal/bone.npy, "
+                        "bone_gt.nii.gz): a scan for `ixgs reconstruct --target bone --bone-from-ideal` (issue 34)")
     g.add_argument("--no-preview", action="store_true", help="skip preview.png")
     g.add_argument("--quiet", action="store_true", help="no per-view progress")
     p.set_defaults(func=run)
@@ -124,6 +127,11 @@ def run(args) -> int:
         result = simulate_styled_scan(cfg, args.style, args.style_seed, args.crop_z, cache, progress=say)
     elif args.crop_z is not None or args.style_seed is not None:
         raise ValueError("--crop-z and --style-seed need --style NAME")
+    elif getattr(args, "ideal_bone", False):
+        from ixgs_ros.simulation.bone_scan import simulate_bone_scan
+
+        cache = None if str(args.style_cache).lower() == "none" else args.style_cache
+        result, _ = simulate_bone_scan(cfg, cache_dir=cache, progress=say)
     else:
         result = simulate_scan(cfg, progress=say)
     print(result.summary())

@@ -18,7 +18,7 @@ from ..core.config import ConfigError, flatten, from_mapping, parse_overrides, r
 from ..core.volume import MU_WATER
 
 __all__ = ["EngineConfig", "InitConfig", "ExteriorConfig", "LatticeConfig", "OptimiserConfig",
-           "DensificationConfig", "EngineError", "LEGACY_KEYS", "load_engine_config", "engine_config_from"]
+           "DensificationConfig", "BoneConfig", "EngineError", "LEGACY_KEYS", "load_engine_config", "engine_config_from"]
 
 _log = logging.getLogger(__name__)
 
@@ -106,6 +106,54 @@ class DensificationConfig:
     prune_density: float = 1e-4       # normalised density under which Gaussians are removed
 
 
+# ---- bone target (issue 34): its own section, read only by ixgs_ros.engine.bone / bone_solve ----------------
+@dataclass
+class BoneConfig:
+    """The bone target (:mod:`ixgs_ros.engine.bone_solve`, :mod:`ixgs_ros.engine.bone`): a bone volume from
+    bone-only line integrals, with the priors a sparse compact object allows."""
+    solve_max_voxels: int = 64 ** 3   # the coarse solve grid over the box the views show bone in
+    coarse_passes: int = 12           # SART passes on it (each followed by TV and the bone priors)
+    mid_passes: int = 24              # first on the fine box at twice the output spacing (solve coarser than that)
+    fine_passes: int = 16             # SART passes re-solving the ROI + fine_margin_mm at the output spacing
+    fine_margin_mm: float = 6.0
+    pass_views: int = 25              # pass counts are for this many views; fewer views: scaled up (init's cap)
+    relaxation: float = 1.3
+    tv_weight: float = 0.02           # coarse TV weight, decaying to tv_weight_final (relative to the max)
+    tv_weight_final: float | None = 0.002
+    fine_tv_weight: float = 0.003     # the fine stage: little TV (edges; the support step and the hull regularise)
+    fine_tv_weight_final: float | None = 0.0005
+    sparsity: float = 0.002           # soft threshold (mu, 1/mm) after the first pass, decaying with the TV weight
+    hull_threshold: float = 0.01      # visual hull: pixels below this fraction of the max carry no bone (0: off)
+    hull_dilate_px: float = 1.0       # slack around each voxel's footprint (pixels)
+    support_start: float = 0.25       # fine passes after this fraction: the support step (discrete-tomography prior)
+    support_level0: float = 0.2       # voxels away from bone under this x the 200 HU level are zeroed, rising to
+    support_level1: float = 0.5       # this at the last pass
+    gaussians: bool = False           # fit Gaussians to the solve and optimise them (the engine's stage)
+    floor: float = 0.25               # output: voxels under floor x the 200 HU level with no neighbour above it: 0
+
+    def validate(self, need) -> None:
+        need(self.solve_max_voxels >= 8 ** 3, f"bone.solve_max_voxels must be >= 512, got {self.solve_max_voxels}")
+        need(self.coarse_passes >= 1 and self.fine_passes >= 0 and self.pass_views >= 0 and self.mid_passes >= 0,
+             f"bone.coarse_passes must be >= 1, bone.mid_passes, bone.fine_passes and bone.pass_views >= 0, got "
+             f"{self.coarse_passes}, {self.mid_passes}, {self.fine_passes}, {self.pass_views}")
+        need(0.0 < self.relaxation < 2.0, f"bone.relaxation must be in (0, 2), got {self.relaxation}")
+        need(self.fine_margin_mm >= 0 and self.sparsity >= 0 and self.hull_dilate_px >= 0 and self.floor >= 0,
+             "bone.fine_margin_mm, bone.sparsity, bone.hull_dilate_px and bone.floor must be >= 0")
+        need(0.0 <= self.support_start <= 1.0 and 0.0 <= self.support_level0 <= self.support_level1 <= 1.0,
+             "bone.support_start must be in [0, 1] and 0 <= bone.support_level0 <= bone.support_level1 <= 1")
+        need(0.0 <= self.hull_threshold < 1.0, f"bone.hull_threshold must be in [0, 1), got {self.hull_threshold}")
+        from .tv import tv_schedule
+
+        for name, (w0, w1) in (("bone.tv_weight / bone.tv_weight_final", (self.tv_weight, self.tv_weight_final)),
+                               ("bone.fine_tv_weight / bone.fine_tv_weight_final",
+                                (self.fine_tv_weight, self.fine_tv_weight_final))):
+            try:
+                tv_schedule(2, w0, w1)
+            except ValueError as exc:
+                need(False, f"{name}: {exc}")
+
+
+# ---- end bone target --------------------------------------------------------------------------------------------
 @dataclass
 class EngineConfig:
     """Everything the reconstruction engine takes; see each component's class."""
@@ -119,6 +167,7 @@ class EngineConfig:
     lattice: LatticeConfig = field(default_factory=LatticeConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     densification: DensificationConfig = field(default_factory=DensificationConfig)
+    bone: BoneConfig = field(default_factory=BoneConfig)  # the bone target (issue 34)
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "EngineConfig":
@@ -179,6 +228,7 @@ class EngineConfig:
              "densification: interval >= 1, start >= 0, stop_fraction and fraction in [0, 1]")
         need(d.max_gaussians >= 1 and d.split_scale > 0 and d.prune_density >= 0,
              "densification: max_gaussians >= 1, split_scale > 0, prune_density >= 0")
+        self.bone.validate(need)  # the bone target's section (issue 34)
         return self
 
     # ------------------------------------------------------------------ conversions
@@ -224,7 +274,7 @@ REMOVED_KEYS = {
     "init_iterations": 500, "init_image_size": 64, "n_init": 50000, "init_threshold": 0.05,
     "context_extent": 3.0, "context_lattice": 12,
 }
-_SECTIONS = ("init", "exterior", "lattice", "optimiser", "densification")
+_SECTIONS = ("init", "exterior", "lattice", "optimiser", "densification", "bone")
 
 
 def _legacy(key: str, value, warn: bool) -> tuple[str, Any] | None:
