@@ -27,6 +27,10 @@ def add_parser(sub):
                                 "(default: gt.nii.gz next to the scan when the grid matches)")
     p.add_argument("--config", help="YAML/JSON file with engine parameters (EngineConfig sections, optionally under engine:)")
     p.add_argument("--backend", choices=["auto", "torch", "cpp", "cuda"], default=None)
+    p.add_argument("--refine-poses", choices=["auto", "on", "off"], default=None,
+                   help="pose self-calibration: refine each view's pose against the volume while initialising "
+                        "and write refined_poses.json (auto, the default: applied when the corrections matter; "
+                        "calibration.mode in --config)")
     p.add_argument("--save-state", action="store_true", help="also save the whole engine state to OUT/state")
     p.add_argument("--no-navigation", action="store_true", help="skip meshes, renderings and the report page")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -43,7 +47,7 @@ def run(args) -> int:
     from ixgs_ros.engine import load_engine_config
 
     cfg = load_engine_config(args.config, iterations=args.iterations, device=args.device, seed=args.seed,
-                             backend=args.backend)
+                             backend=args.backend, **{"calibration.mode": args.refine_poses})
     gt = args.gt
     if gt is None:
         cand = Path(args.scan_dir) / "gt.nii.gz"
@@ -58,6 +62,12 @@ def run(args) -> int:
     if args.save_state:
         result.engine.save(Path(args.out) / "state")
     rep = result.report
+    cal = result.engine.calibration.summary
+    if cal:
+        flagged = ", ".join(map(str, cal["flagged"])) or "none"
+        print(f"pose refinement: {cal['decision']}; RMS shift of the ROI centre {cal['rms_shift_px']:.2f} px, "
+              f"largest rotation {cal['max_rotation_deg']:.2f} deg; flagged views: {flagged} -> "
+              f"{paths['refined_poses']}")
     print(f"done in {rep['wall_time_s']:.1f} s: {rep['num_gaussians']} Gaussians, volume -> {paths['volume']}")
     if "metrics_3d" in rep:
         m = rep["metrics_3d"]

@@ -18,7 +18,7 @@ from ..core.config import ConfigError, flatten, from_mapping, parse_overrides, r
 from ..core.volume import MU_WATER
 
 __all__ = ["EngineConfig", "InitConfig", "ExteriorConfig", "LatticeConfig", "OptimiserConfig",
-           "DensificationConfig", "EngineError", "LEGACY_KEYS", "load_engine_config", "engine_config_from"]
+           "DensificationConfig", "CalibrationConfig", "EngineError", "LEGACY_KEYS", "load_engine_config", "engine_config_from"]
 
 _log = logging.getLogger(__name__)
 
@@ -107,6 +107,30 @@ class DensificationConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Pose self-calibration (:mod:`ixgs_ros.engine.calibration`): the training views' poses (and optionally
+    principal points) are refined by rounds of a quick TV-SART solve and a 2D/3D registration of each view."""
+    mode: Literal["auto", "on", "off"] = "auto"  # auto: apply the corrections only when they matter
+    rounds: int = 4                   # solve-and-register rounds before the init
+    acceleration: int = 3             # Anderson acceleration over this many previous rounds (0: plain rounds)
+    coarsen: int = 4                  # the registration volume: the init's solve grid coarsened by this
+    passes: int = 8                   # TV-SART passes per round (warm-started from the previous round)
+    tv_weight: float = 0.03           # TV weight of those passes
+    iterations: int = 6               # Levenberg-Marquardt iterations per view and round
+    principal_point: bool = False     # also refine the principal point (nearly degenerate with the rotation)
+    prior_rotation_deg: float = 5.0   # weak prior: the scale of a plausible correction, per parameter
+    prior_translation_mm: float = 2.0
+    prior_principal_point_px: float = 20.0
+    min_views: int = 6                # fewer training views: never refined
+    auto_min_shift_px: float = 0.5    # auto: applied when the RMS shift of the ROI centre reaches this (pixels)
+    flag_rotation_deg: float = 3.0    # flagged: rotation above max(this, flag_factor x the median)
+    flag_translation_mm: float = 8.0  # or source translation above max(this, flag_factor x the median)
+    flag_factor: float = 3.0
+    flag_inconsistency: float = 5.0   # or 1 - NCC after registration this many robust deviations above the median
+    exclude_flagged: bool = False     # leave flagged views out of the registration volume's later rounds
+
+
+@dataclass
 class EngineConfig:
     """Everything the reconstruction engine takes; see each component's class."""
     iterations: int = 100             # length of the optimiser's learning-rate schedule
@@ -119,6 +143,7 @@ class EngineConfig:
     lattice: LatticeConfig = field(default_factory=LatticeConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     densification: DensificationConfig = field(default_factory=DensificationConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "EngineConfig":
@@ -179,6 +204,17 @@ class EngineConfig:
              "densification: interval >= 1, start >= 0, stop_fraction and fraction in [0, 1]")
         need(d.max_gaussians >= 1 and d.split_scale > 0 and d.prune_density >= 0,
              "densification: max_gaussians >= 1, split_scale > 0, prune_density >= 0")
+        c = self.calibration
+        need(c.mode in ("auto", "on", "off"), f"calibration.mode must be auto, on or off, got {c.mode!r}")
+        need(c.acceleration >= 0, f"calibration.acceleration must be >= 0, got {c.acceleration}")
+        need(c.rounds >= 1 and c.coarsen >= 1 and c.passes >= 1 and c.iterations >= 1 and c.min_views >= 2,
+             "calibration: rounds, coarsen, passes, iterations must be >= 1 and min_views >= 2, got "
+             f"{c.rounds}, {c.coarsen}, {c.passes}, {c.iterations}, {c.min_views}")
+        need(min(c.prior_rotation_deg, c.prior_translation_mm, c.prior_principal_point_px) > 0,
+             "calibration.prior_* must be > 0")
+        need(c.tv_weight >= 0 and c.auto_min_shift_px >= 0 and c.flag_rotation_deg > 0 and c.flag_translation_mm > 0
+             and c.flag_factor >= 1 and c.flag_inconsistency > 0,
+             "calibration: tv_weight and auto_min_shift_px must be >= 0, flag limits > 0, flag_factor >= 1")
         return self
 
     # ------------------------------------------------------------------ conversions
@@ -224,7 +260,7 @@ REMOVED_KEYS = {
     "init_iterations": 500, "init_image_size": 64, "n_init": 50000, "init_threshold": 0.05,
     "context_extent": 3.0, "context_lattice": 12,
 }
-_SECTIONS = ("init", "exterior", "lattice", "optimiser", "densification")
+_SECTIONS = ("init", "exterior", "lattice", "optimiser", "densification", "calibration")
 
 
 def _legacy(key: str, value, warn: bool) -> tuple[str, Any] | None:
