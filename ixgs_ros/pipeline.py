@@ -160,7 +160,8 @@ def reconstruct_scan(scan, grid: Grid, config: EngineConfig, *, holdout: int = 0
 
 def write_outputs(result: ReconstructionResult, out_dir, grid: Grid, *, scan=None, gt_path=None,
                   labels=None, navigation: bool = True) -> dict:
-    """Write volume.nii.gz, gaussians.safetensors, report.json, mpr.png (and navigation outputs)."""
+    """Write volume.nii.gz, gaussians.safetensors, report.json, mpr.png (and navigation outputs), and
+    refined_poses.json when pose self-calibration ran."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"volume": str(save_nifti(out / "volume.nii.gz", result.volume, grid))}
@@ -168,6 +169,10 @@ def write_outputs(result: ReconstructionResult, out_dir, grid: Grid, *, scan=Non
     paths["gaussians"] = str(eng.model.save(out / "gaussians.safetensors", eng.frame,
                                             extra={"iterations": eng.iteration}))
     report = result.report
+    if eng.calibration.summary:  # pose self-calibration ran (engine/calibration.py): the corrected poses
+        (out / "refined_poses.json").write_text(json.dumps(eng.calibration.to_json(eng), indent=1))
+        paths["refined_poses"] = str(out / "refined_poses.json")
+        report["pose_calibration"] = eng.calibration.summary
     if gt_path is not None:
         from .evaluation.metrics import psnr_3d, ssim_3d
 

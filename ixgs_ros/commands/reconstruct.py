@@ -30,6 +30,10 @@ def add_parser(sub):
     p.add_argument("--standardize", action="store_true",
                    help="standardize raw images with the anatomy-guided model first (automatic for a raw scan)")
     p.add_argument("--weights", help="standardization model weights (default: the committed ones)")
+    p.add_argument("--refine-poses", choices=["auto", "on", "off"], default=None,
+                   help="pose self-calibration: refine each view's pose against the volume while initialising "
+                        "and write refined_poses.json (auto, the default: applied when the corrections matter; "
+                        "calibration.mode in --config)")
     p.add_argument("--save-state", action="store_true", help="also save the whole engine state to OUT/state")
     p.add_argument("--no-navigation", action="store_true", help="skip meshes, renderings and the report page")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -55,14 +59,16 @@ def run(args) -> int:
     from ixgs_ros.core.scan import Scan
 
     scan = Scan.load(args.scan_dir)
+    scan_dir = args.scan_dir
     if scan.image_kind == "raw":  # raw images: the standardization model first (what --standardize asks for)
         from ixgs_ros.standardize.apply import Standardizer, save_standardized_scan, standardize_scan
 
         std = Standardizer(args.weights)
         print(f"ixgs reconstruct: standardizing {len(scan.views)} raw view(s) with {std.weights.name} "
               f"({std.record['sha256'][:12]})", file=sys.stderr)
-        scan, bone = standardize_scan(scan, std)
-        save_standardized_scan(scan, bone, Path(args.out) / "standardized")
+        scan, std_bone = standardize_scan(scan, std)
+        # the standardized scan (with its bone channel) is what the bone target reads from now on
+        scan_dir = save_standardized_scan(scan, std_bone, Path(args.out) / "standardized")
     elif args.standardize or args.weights:
         raise ValueError("--standardize/--weights: the scan already holds line integrals (image_kind "
                          f"{scan.image_kind!r}); only raw scans are standardized")
@@ -72,11 +78,11 @@ def run(args) -> int:
     if target in ("bone", "both"):  # a missing or bad bone channel fails before any reconstruction
         from ixgs_ros.core.bone_channel import load_bone_channel
 
-        bone = load_bone_channel(args.scan_dir, scan, from_ideal=args.bone_from_ideal)
+        bone = load_bone_channel(scan_dir, scan, from_ideal=args.bone_from_ideal)
     from ixgs_ros.engine import load_engine_config
 
     cfg = load_engine_config(args.config, iterations=args.iterations, device=args.device, seed=args.seed,
-                             backend=args.backend)
+                             backend=args.backend, **{"calibration.mode": args.refine_poses})
     gt = args.gt
     if gt is None:
         cand = Path(args.scan_dir) / "gt.nii.gz"
@@ -93,10 +99,16 @@ def run(args) -> int:
         if args.save_state:
             result.engine.save(Path(args.out) / "state")
     if target in ("bone", "both"):
-        _run_bone(args, scan, grid, cfg, bone, gt, None if result is None else result.volume)
+        _run_bone(args, scan, scan_dir, grid, cfg, bone, gt, None if result is None else result.volume)
     if result is None:
         return 0
     rep = result.report
+    cal = result.engine.calibration.summary
+    if cal:
+        flagged = ", ".join(map(str, cal["flagged"])) or "none"
+        print(f"pose refinement: {cal['decision']}; RMS shift of the ROI centre {cal['rms_shift_px']:.2f} px, "
+              f"largest rotation {cal['max_rotation_deg']:.2f} deg; flagged views: {flagged} -> "
+              f"{paths['refined_poses']}")
     print(f"done in {rep['wall_time_s']:.1f} s: {rep['num_gaussians']} Gaussians, volume -> {paths['volume']}")
     if "metrics_3d" in rep:
         m = rep["metrics_3d"]
@@ -107,7 +119,7 @@ def run(args) -> int:
     return 0
 
 
-def _run_bone(args, scan, grid, cfg, bone, gt, full_volume) -> None:
+def _run_bone(args, scan, scan_dir, grid, cfg, bone, gt, full_volume) -> None:
     """The bone target's part of ``ixgs reconstruct`` (:mod:`ixgs_ros.pipeline_bone`)."""
     import numpy as np
 
@@ -125,7 +137,7 @@ def _run_bone(args, scan, grid, cfg, bone, gt, full_volume) -> None:
         elif args.labels:
             raise ValueError(f"--labels {lpath} is not on the output grid")
     gate = GateConfig() if args.gate is None else GateConfig(threshold=float(args.gate))
-    res = reconstruct_bone_scan(scan, args.scan_dir, grid, cfg, bone=bone, bone_from_ideal=args.bone_from_ideal,
+    res = reconstruct_bone_scan(scan, scan_dir, grid, cfg, bone=bone, bone_from_ideal=args.bone_from_ideal,
                                 holdout=args.holdout, progress=not args.quiet)
     paths = write_bone_outputs(res, args.out, grid, labels=labels, gt_path=gt, gate=gate, background=full_volume)
     import json

@@ -18,7 +18,8 @@ from ..core.config import ConfigError, flatten, from_mapping, parse_overrides, r
 from ..core.volume import MU_WATER
 
 __all__ = ["EngineConfig", "InitConfig", "ExteriorConfig", "LatticeConfig", "OptimiserConfig",
-           "DensificationConfig", "BoneConfig", "EngineError", "LEGACY_KEYS", "load_engine_config", "engine_config_from"]
+           "DensificationConfig", "BoneConfig", "CalibrationConfig", "EngineError", "LEGACY_KEYS",
+           "load_engine_config", "engine_config_from"]
 
 _log = logging.getLogger(__name__)
 
@@ -155,6 +156,42 @@ class BoneConfig:
 
 # ---- end bone target --------------------------------------------------------------------------------------------
 @dataclass
+class CalibrationConfig:
+    """Pose self-calibration (:mod:`ixgs_ros.engine.calibration`): the training views' poses (and optionally
+    principal points) are refined by rounds of a quick TV-SART solve and a 2D/3D registration of each view."""
+    mode: Literal["auto", "on", "off"] = "auto"  # auto: apply the corrections only when they matter
+    rounds: int = 4                   # solve-and-register rounds before the init
+    acceleration: int = 3             # Anderson acceleration over this many previous rounds (0: plain rounds)
+    coarsen: int = 4                  # the registration volume: the init's solve grid coarsened by this
+    passes: int = 8                   # TV-SART passes per round (warm-started from the previous round)
+    tv_weight: float = 0.03           # TV weight of those passes
+    iterations: int = 6               # Levenberg-Marquardt iterations per view and round
+    principal_point: bool = False     # also refine the principal point (nearly degenerate with the rotation)
+    prior_rotation_deg: float = 5.0   # weak prior: the scale of a plausible correction, per parameter
+    prior_translation_mm: float = 2.0
+    prior_principal_point_px: float = 20.0
+    min_views: int = 6                # fewer training views: never refined
+    auto_min_shift_px: float = 0.5    # auto: applied when the RMS shift of the ROI centre reaches this (pixels)
+    flag_rotation_deg: float = 3.0    # flagged: rotation above max(this, flag_factor x the median)
+    flag_translation_mm: float = 8.0  # or source translation above max(this, flag_factor x the median)
+    flag_factor: float = 3.0
+    flag_inconsistency: float = 5.0   # or 1 - NCC after registration this many robust deviations above the median
+    exclude_flagged: bool = False     # leave flagged views out of the registration volume's later rounds
+
+    def validate(self, need) -> None:
+        need(self.mode in ("auto", "on", "off"), f"calibration.mode must be auto, on or off, got {self.mode!r}")
+        need(self.acceleration >= 0, f"calibration.acceleration must be >= 0, got {self.acceleration}")
+        need(self.rounds >= 1 and self.coarsen >= 1 and self.passes >= 1 and self.iterations >= 1
+             and self.min_views >= 2, "calibration: rounds, coarsen, passes, iterations must be >= 1 and "
+             f"min_views >= 2, got {self.rounds}, {self.coarsen}, {self.passes}, {self.iterations}, {self.min_views}")
+        need(min(self.prior_rotation_deg, self.prior_translation_mm, self.prior_principal_point_px) > 0,
+             "calibration.prior_* must be > 0")
+        need(self.tv_weight >= 0 and self.auto_min_shift_px >= 0 and self.flag_rotation_deg > 0
+             and self.flag_translation_mm > 0 and self.flag_factor >= 1 and self.flag_inconsistency > 0,
+             "calibration: tv_weight and auto_min_shift_px must be >= 0, flag limits > 0, flag_factor >= 1")
+
+
+@dataclass
 class EngineConfig:
     """Everything the reconstruction engine takes; see each component's class."""
     iterations: int = 100             # length of the optimiser's learning-rate schedule
@@ -168,6 +205,7 @@ class EngineConfig:
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     densification: DensificationConfig = field(default_factory=DensificationConfig)
     bone: BoneConfig = field(default_factory=BoneConfig)  # the bone target (issue 34)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)  # pose self-calibration
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "EngineConfig":
@@ -229,6 +267,7 @@ class EngineConfig:
         need(d.max_gaussians >= 1 and d.split_scale > 0 and d.prune_density >= 0,
              "densification: max_gaussians >= 1, split_scale > 0, prune_density >= 0")
         self.bone.validate(need)  # the bone target's section (issue 34)
+        self.calibration.validate(need)
         return self
 
     # ------------------------------------------------------------------ conversions
@@ -274,7 +313,7 @@ REMOVED_KEYS = {
     "init_iterations": 500, "init_image_size": 64, "n_init": 50000, "init_threshold": 0.05,
     "context_extent": 3.0, "context_lattice": 12,
 }
-_SECTIONS = ("init", "exterior", "lattice", "optimiser", "densification", "bone")
+_SECTIONS = ("init", "exterior", "lattice", "optimiser", "densification", "bone", "calibration")
 
 
 def _legacy(key: str, value, warn: bool) -> tuple[str, Any] | None:

@@ -39,6 +39,7 @@ from . import render as gr
 from .config import EngineConfig, EngineError
 from .densify import DensificationStrategy, make_strategy
 from . import init_solve
+from .calibration import PoseCalibration, calibrated_init, refinement_wanted
 from .losses import projection_loss, tv_3d
 from .model import GaussianModel, NormalizedFrame
 from .optim import Adam, learning_rates as schedule_rates
@@ -110,6 +111,7 @@ class ReconstructionEngine:
         self._init_spacing: float | None = None  # voxel size (mm) of the init's solve grid
         self._progress = None  # progress(stage, done, total) during an initialisation (step / reinitialize)
         self._preview = None   # preview(volume, label) during the first initialisation (step)
+        self.calibration = PoseCalibration()  # pose self-calibration: given poses, corrections, flags
 
     # ================================================================= views
     def add_view(self, view: View, image, *, holdout: bool = False, mask=None) -> int:
@@ -206,6 +208,7 @@ class ReconstructionEngine:
         put back as they were."""
         old = (self.model, self.optim, self.densifier, self._exterior, [vd.background for vd in self.views],
                self._material_ends_at_roi, self._init_spacing, self._gen.get_state())
+        calibration = self.calibration.snapshot(self)  # corrected poses are rolled back too
         self._progress, self._preview = progress, preview
         try:
             self._exterior = None
@@ -224,6 +227,7 @@ class ReconstructionEngine:
             for vd, bg in zip(self.views, bgs):
                 vd.background = bg
             self._gen.set_state(rng)
+            self.calibration.restore(self, calibration)
             raise
         finally:
             self._progress = self._preview = None
@@ -276,7 +280,10 @@ class ReconstructionEngine:
         fixed exterior when material lies outside the ROI."""
         cfg = self.config
         views, proj = self._train_views_world()
-        init = init_solve.init_tv_sart(views, proj, self.grid, cfg, progress=self._report)
+        if refinement_wanted(cfg, len(views)):  # pose self-calibration (engine/calibration.py) corrects the views
+            init, views = calibrated_init(self, views, proj)
+        else:
+            init = init_solve.init_tv_sart(views, proj, self.grid, cfg, progress=self._report)
         solve, sol = init.solve, init.volume
         self._material_ends_at_roi = not init.exterior
         self._show(sol, solve, f"{init.stage} solution from {len(views)} views")

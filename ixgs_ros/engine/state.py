@@ -6,8 +6,10 @@ it names. Saving is crash-safe: the tensors go to a new file that only the new `
 ``state.json`` is replaced atomically, and only then is the previous tensor file removed, so an interrupted
 save leaves the previous state loadable.
 
-Versions: 2 (nested configuration, :class:`~ixgs_ros.engine.config.EngineConfig`); 1 (the first engine, flat
-configuration) is read and converted; anything else is refused with the version found.
+Versions: 3 (adds ``pose_calibration``: the corrections of pose self-calibration, :mod:`.calibration`; the
+state's ``views`` stay the views as given); 2 (nested configuration, :class:`~ixgs_ros.engine.config.EngineConfig`)
+and 1 (the first engine, flat configuration) are read and converted; anything else is refused with the version
+found.
 """
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ import torch
 
 from ..core.geometry import View
 from ..core.volume import Grid
+from .calibration import PoseCalibration
 from .config import EngineConfig, EngineError
 from .model import GaussianModel
 from .views import prepare_view
 
 __all__ = ["STATE_VERSION", "save_state", "load_state"]
 
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def save_state(eng, directory) -> Path:
@@ -55,7 +58,9 @@ def save_state(eng, directory) -> Path:
     meta = {
         "format": "ixgs-engine-state", "version": STATE_VERSION,
         "config": eng.config.to_dict(), "grid": eng.grid.to_dict(), "frame": eng.frame.to_dict(),
-        "views": [{**vd.view.to_dict(), "holdout": vd.holdout} for vd in eng.views],
+        "views": [{**eng.calibration.given_view(i, vd.view).to_dict(), "holdout": vd.holdout}
+                  for i, vd in enumerate(eng.views)],
+        "pose_calibration": eng.calibration.to_dict(),
         "iteration": eng.iteration, "history": eng.history, "wall_time": eng.wall_time,
         "schedule_start": eng._schedule_start, "init_views": eng._init_views,
         "order": eng._order, "last_loss": eng._last_loss,
@@ -121,6 +126,11 @@ def load_state(cls, directory, device: str | None = None):
         if f"view.{i}.background" in tensors:
             vd.background = tensors[f"view.{i}.background"].to(eng.device)
         eng.views.append(vd)
+    try:
+        eng.calibration = PoseCalibration.from_dict(meta.get("pose_calibration"), [vd.view for vd in eng.views])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EngineError(f"{d}/state.json: {exc}") from None
+    eng.calibration.apply(eng)  # the views as corrected
     if meta.get("exterior_grid") is not None:
         eg = meta["exterior_grid"]
         eng._exterior = (tensors["exterior.volume"].numpy(), Grid(eg["shape"], np.array(eg["affine"])))

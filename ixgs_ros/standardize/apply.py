@@ -159,6 +159,7 @@ def save_standardized_scan(scan, bone: np.ndarray, out_dir, source_dir=None) -> 
     """Write a standardized scan and its bone channel (``bone.npy``); from ``source_dir`` copy the files that
     evaluate it (``gt.nii.gz``, ``labels.nii.gz``, ``ideal/``) when they exist."""
     out = Path(out_dir)
+    scan.extra = {**(scan.extra or {}), "bone": BONE_FILE}  # the bone channel of the scan format
     scan.save(out)
     np.save(out / BONE_FILE, np.ascontiguousarray(bone, dtype=np.float32), allow_pickle=False)
     if source_dir is not None:
