@@ -16,8 +16,8 @@ Methods (each in a fresh process: its own time and peak memory):
 
 * ``bone`` (a): the bone target (``ixgs_ros.engine.bone``, default configuration) on the ideal bone projections;
 * ``bone-gs``: the same with the Gaussian stage (``bone.gaussians: true``): do the Gaussians add anything?
-* ``standardized`` (b): the bone target on the standardization model's bone channel of a styled scan. The model
-  is not merged yet: the hook :func:`standardized_bone` says so and the record is marked skipped;
+* ``standardized`` (b): the bone target on the standardization model's bone channel of a styled scan of the same
+  views (``--style``, default the held-out ``heldout-vendor``; the model sees the raw image only);
 * ``full`` (c): today's full-volume pipeline (``ixgs reconstruct``'s engine, defaults) on the full line integrals,
   its 250 HU iso-surface scored;
 * ``sart`` (d): RTK SART (``evaluation.baselines``, defaults, its default solve grid) on the bone projections;
@@ -94,14 +94,38 @@ def ensure_scan(name: str, n_total: int, args, say) -> Path:
 
 
 # ================================================================================================ methods
-def standardized_bone(scan_dir: Path, train: list[int]):
-    """Hook for (b): the bone channel the standardization model computes from a styled (real-style) scan of the
-    same views. Returns ``(bone [n, H, W], note)`` or ``(None, reason)`` while the model is not available."""
-    try:
-        from ixgs_ros import standardization  # noqa: F401  (issue 33; not merged on this branch)
-    except ImportError:
-        return None, "the standardization model (issue 33) is not merged: (b) not run"
-    return None, "standardization model found, but its bone-channel API is not wired into this benchmark yet"
+def ensure_styled_scan(name: str, n_total: int, args, say) -> Path:
+    """The styled (raw, real-style) scan of the same case and views as :func:`ensure_scan`'s, in the style
+    ``args.style`` (path lengths from the same cache)."""
+    from ixgs_ros.simulation.simulate import SimulationConfig
+    from ixgs_ros.simulation.styled_scan import simulate_styled_scan
+
+    traj = case_trajectory(name, n_total, args.detector)
+    cache = Path(args.scan_cache or Path(args.out) / "scans")
+    d = cache / f"{name}-{n_total}v-{args.detector}px-{args.roi_size}x{args.roi_spacing:g}mm-{args.style}"
+    cfg = SimulationConfig(out_dir=str(d), roi=CASES[name][0], roi_size=args.roi_size, roi_spacing=args.roi_spacing,
+                           trajectory=traj, mode="full-body", seed=traj.seed, preview=False)
+    stamp = json.dumps({"bone_bench_styled": 1, "style": args.style, "simulation": cfg.to_dict()}, sort_keys=True,
+                       default=str)
+    sp = d / "bench_scan.json"
+    if sp.exists() and sp.read_text() == stamp:
+        return d
+    say(f"[bone-bench] simulating {name} as raw images in the style {args.style!r} -> {d}")
+    simulate_styled_scan(cfg, args.style, cache_dir=args.xray_cache)
+    sp.write_text(stamp)
+    return d
+
+
+def standardized_bone(styled_dir: Path, train: list[int]):
+    """(b): the bone channel the committed standardization model computes from the styled scan's raw images of
+    the training views (the model sees the image only). Returns ``(bone [n, H, W], note)``."""
+    from ixgs_ros.core.scan import Scan
+    from ixgs_ros.standardize.apply import Standardizer, standardize_scan
+
+    raw = Scan.load(styled_dir).subset(train)
+    std = Standardizer()
+    _, bone = standardize_scan(raw, std, use_scan_mask=False)
+    return bone, f"standardized {Path(styled_dir).name} with {std.weights.name}"
 
 
 def _bone_solve_config(overrides: dict, gaussians: bool):
@@ -137,9 +161,7 @@ def run_job(job: dict) -> dict:
         from ixgs_ros.engine.bone import BoneReconstruction
 
         if method == "standardized":
-            bone, note = standardized_bone(d, train)
-            if bone is None:
-                return {"method": method, "skipped": note}
+            bone, rec["note"] = standardized_bone(Path(job["styled_dir"]), train)
         rb = BoneReconstruction(grid, _bone_solve_config(job["engine"], method == "bone-gs"))
         for v, b in zip(views, bone):
             rb.add_view(v, b)
@@ -267,6 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE", help="bone target overrides")
     p.add_argument("--full-engine", nargs="*", default=[], metavar="KEY=VALUE", help="(c)'s engine overrides")
     p.add_argument("--rtk-spacing", type=float, default=None, help="(d)'s solve grid spacing (default: RTK's)")
+    p.add_argument("--style", default="heldout-vendor", help="(b)'s image style (default: the held-out one)")
     p.add_argument("--figure", action="store_true", help="the surgeon's picture for each bone record")
     p.add_argument("--job", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -307,6 +330,7 @@ def main(argv=None) -> int:
     n_total = max(views) + args.holdout
     for name in cases:
         d = ensure_scan(name, n_total, args, say)
+        styled = str(ensure_styled_scan(name, n_total, args, say)) if "standardized" in methods else None
         scan = Scan.load(d)
         _, grid = load_nifti(d / "gt.nii.gz")
         ref = reference_ct(ct, grid)
@@ -325,7 +349,7 @@ def main(argv=None) -> int:
             for method in methods:
                 tag = f"{name}-{n}v-{method}"
                 job = {"method": method, "scan_dir": str(d), "train": train, "engine": engine,
-                       "full_engine": full_engine, "engine_init": {}, "rtk_spacing": args.rtk_spacing,
+                       "full_engine": full_engine, "engine_init": {}, "rtk_spacing": args.rtk_spacing, "styled_dir": styled,
                        "result": str(out / "_work" / f"{tag}.npy")}
                 rec = {"case": name, "n_views": n, "method": method}
                 say(f"[bone-bench] {tag} ...")

@@ -61,12 +61,14 @@ def small_config(**kw):
     init passes 3 at a constant TV weight of 0.01: the defaults (48 passes, 0.03 -> 0.003, tuned on 128³ volumes)
     squeezed onto a 24³ sphere flatten it. R²-Gaussian's position and scale rates: the defaults' smaller ones suit
     a long TV-SART start, not this rough one. One coarse level and 3 fine passes for full-body-like scenes, pass
-    counts as given (init.pass_views 0): the full-body defaults would make every such test run minutes."""
+    counts as given (init.pass_views 0): the full-body defaults would make every such test run minutes. Pose
+    self-calibration off: these scenes have exact poses and test the init itself (test_calibration.py tests it)."""
     base = {"iterations": 120, "seed": 3, "init.passes": 3, "init.tv_weight": 0.01, "init.tv_weight_final": None,
             "init.pass_views": 0, "exterior.passes": None, "exterior.refine_passes": 3, "exterior.levels": 1,
             "optimiser.lr_means": 2e-4, "optimiser.lr_scales": 5e-3, "optimiser.lr_density": 1e-2,
             "optimiser.views_per_step": 1, "optimiser.tv_size": 8, "densification.strategy": "split_clone",
-            "densification.start": 60, "densification.interval": 40, "densification.max_gaussians": 2000}
+            "densification.start": 60, "densification.interval": 40, "densification.max_gaussians": 2000,
+            "calibration.mode": "off"}
     base.update(kw)
     return EngineConfig.from_dict(base, warn_legacy=False)
 
