@@ -24,6 +24,7 @@ Everything else (scan files, simulation, reconstruction, RTK baselines, ROS mess
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -108,6 +109,17 @@ def rotation_y(a: float) -> np.ndarray:
 def rotation_z(a: float) -> np.ndarray:
     c, s = np.cos(a), np.sin(a)
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=np.float64)
+
+
+def rotvec_to_matrix(w) -> np.ndarray:
+    """Rodrigues: the rotation matrix of the rotation vector ``w`` (axis times angle, radians)."""
+    w = np.asarray(w, dtype=np.float64)
+    th = float(np.linalg.norm(w))
+    if th < 1e-15:
+        return np.eye(3)
+    k = w / th
+    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(th) * Kx + (1 - math.cos(th)) * Kx @ Kx
 
 
 def look_at(source, target, up) -> np.ndarray:

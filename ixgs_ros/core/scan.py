@@ -102,7 +102,7 @@ def _check_stack(a: np.ndarray, n_views: int, where: str, holder: str) -> tuple[
     return tuple(int(x) for x in a.shape)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write ``path`` through a temporary file in the same directory, fsync, then rename over it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -318,11 +318,11 @@ class Scan:
             raise ScanError(f"scan: extra/meta values must be JSON serialisable (finite numbers): {exc}") from None
         path.mkdir(parents=True, exist_ok=True)
         arr = np.ascontiguousarray(self.projections, dtype=np.float32)
-        _atomic_write(path / PROJECTIONS_FILE, lambda f: np.save(f, arr, allow_pickle=False))
+        atomic_write(path / PROJECTIONS_FILE, lambda f: np.save(f, arr, allow_pickle=False))
         if self.mask is not None:
             m = np.ascontiguousarray(self.mask, dtype=np.uint8)
-            _atomic_write(path / MASK_FILE, lambda f: np.save(f, m, allow_pickle=False))
-        _atomic_write(path / SCAN_JSON, lambda f: f.write((text + "\n").encode("utf-8")))
+            atomic_write(path / MASK_FILE, lambda f: np.save(f, m, allow_pickle=False))
+        atomic_write(path / SCAN_JSON, lambda f: f.write((text + "\n").encode("utf-8")))
         return path
 
     # ----------------------------------------------------------------- selection

@@ -26,16 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .geometry import GeometryError, View, validate_K, validate_pose
-from .scan import IMAGE_KINDS, Scan, ScanError
+from .scan import IMAGE_KINDS, Scan, ScanError, atomic_write
 
 __all__ = ["ShotRecord", "RecordedShot", "RecordError", "FORMAT", "VERSION"]
 
@@ -84,19 +82,6 @@ class RecordedShot:
         return img
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class ShotRecord:
     """A record folder (created when missing). Appending is for one writer process; any number may read."""
 
@@ -116,7 +101,7 @@ class ShotRecord:
                                       f"{VERSION})")
             else:
                 text = json.dumps({"format": FORMAT, "version": VERSION, "units": "mm"}) + "\n"
-                _atomic_write(head, lambda f: f.write(text.encode()))
+                atomic_write(head, lambda f: f.write(text.encode()))
         except (OSError, json.JSONDecodeError) as exc:
             raise RecordError(f"{self.path}: cannot open the shot record: {exc}") from None
         self._next = self._scan_next_seq()
@@ -160,8 +145,8 @@ class ShotRecord:
         except (TypeError, ValueError) as exc:
             raise RecordError(f"shot {vid}: values must be JSON numbers/strings: {exc}") from None
         try:
-            _atomic_write(self.shots_dir / f"{name}.npy", lambda f: np.save(f, img, allow_pickle=False))
-            _atomic_write(self.shots_dir / f"{name}.json", lambda f: f.write(text.encode()))
+            atomic_write(self.shots_dir / f"{name}.npy", lambda f: np.save(f, img, allow_pickle=False))
+            atomic_write(self.shots_dir / f"{name}.json", lambda f: f.write(text.encode()))
         except OSError as exc:
             raise RecordError(f"{self.shots_dir}: cannot record shot {vid}: {exc}") from None
         self._next = seq + 1

@@ -23,7 +23,6 @@ Rendering: :mod:`ixgs_ros.simulation.drr`; preview: :mod:`ixgs_ros.simulation.pr
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..core.geometry import View
+from ..core.geometry import View, rotvec_to_matrix
 from ..core.volume import Grid, resample, save_nifti
 from .ct import CT, ROI, load_ct, roi_from_label, roi_from_point, vertebra_label
 from .drr import RENDERERS, render_line_integrals
@@ -45,23 +44,13 @@ MODES = ("full-body", "roi-only")
 
 
 # ================================================================================================ pose noise
-def _rotvec_to_matrix(w) -> np.ndarray:
-    w = np.asarray(w, dtype=np.float64)
-    th = float(np.linalg.norm(w))
-    if th < 1e-15:
-        return np.eye(3)
-    k = w / th
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(th) * Kx + (1 - math.cos(th)) * Kx @ Kx
-
-
 def perturb_pose(T_world_source, rot_deg: float, trans_mm: float, pivot, rng: np.random.Generator):
     """A perturbed copy of a camera-to-world pose: a rigid motion ``X -> R (X - pivot) + pivot + t`` applied
     to the whole view, with ``R`` of rotation vector ~ N(0, rot_deg^2) per axis and ``t`` ~ N(0, trans_mm^2)
     per axis (world frame, rotation about ``pivot``, e.g. the ROI centre). Returns ``(T_noisy, info)``."""
     w = np.deg2rad(rng.normal(0.0, rot_deg, 3)) if rot_deg > 0 else np.zeros(3)
     t = rng.normal(0.0, trans_mm, 3) if trans_mm > 0 else np.zeros(3)
-    R = _rotvec_to_matrix(w)
+    R = rotvec_to_matrix(w)
     p = np.asarray(pivot, dtype=np.float64)
     D = np.eye(4)
     D[:3, :3] = R
