@@ -156,7 +156,7 @@ def run(args) -> int:
              "|---|---|---|---|---|"]
     for name, m in summary["methods"].items():
         surf = (f"{m['bone_surface_mean_mm']:.2f} / {m['bone_surface_hd95_mm']:.2f}"
-                if "bone_surface_mean_mm" in m else "n/a")
+                if "bone_surface_mean_mm" in m else "no bone surface at 250 HU")
         psnr, ssim = ((f"{m['psnr_3d_db']:.2f}", f"{m['ssim_3d']:.3f}") if "psnr_3d_db" in m else ("n/a", "n/a"))
         lines.append(f"| {name} | {psnr} | {ssim} | {surf} | {m['time_s']:.1f} |")
     notes = [rtk_grid_note(name, m, float(max(grid.spacing))) for name, m in summary["methods"].items()]
