@@ -135,7 +135,8 @@ def run(args) -> int:
 
     # ---------------------------------------------------------------- 5. scores and pictures
     summary = {"scan": {"views": len(scan), "detector": [scan.height, scan.width], "mode": args.mode,
-                        "roi": args.roi, "grid_shape": list(grid.shape), "spacing_mm": grid.spacing.tolist()},
+                        "roi": args.roi, "grid_shape": list(grid.shape), "spacing_mm": grid.spacing.tolist(),
+                        "real_style": args.style if args.mode == "full-body" else "none"},
                "methods": {}, "timings": timings}
     for name, r in rows.items():
         m = {"time_s": r["time_s"]}
@@ -222,7 +223,6 @@ def _real_style_chain(args, out: Path, sim_cfg, ideal_scan, grid, cfg, labels, t
     bone_slices_figure(bone_surface_volume(res.volume), grid, base / "bone_vs_ct.png", background=gt, reference=gt,
                        labels=labels, title=f"bone target from standardized {args.style} images (red) vs the CT's "
                                             "bone (green), 250 HU")
-    timings["real_style"] = args.style
     return {"ixgs, real-style, standardized": {"volume": full.volume, "time_s": full.report["wall_time_s"] + t_std},
             "ixgs bone target, real-style": {"volume": bone_surface_volume(res.volume),
                                          "time_s": res.report["wall_time_s"] + t_std, "bone_only": True}}
