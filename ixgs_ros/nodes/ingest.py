@@ -173,8 +173,8 @@ class IngestNode(Node):
                 text += f" ({suppressed} more refused for the same reason in the last {now - last:.0f} s)"
         self.get_logger().warning(text)
 
-    def _stamp_ok(self, what: str, stamp: float, throttle: bool = False) -> bool:
-        bad = stamp_reason(stamp, now_s(self), self.params["max_future_s"])
+    def _stamp_ok(self, what: str, stamp: float, throttle: bool = False, nanosec: int = 0) -> bool:
+        bad = stamp_reason(stamp, now_s(self), self.params["max_future_s"], nanosec=nanosec)
         if bad:
             self._refuse(bad[0], f"rejected {what}: {bad[1]}", throttle, reason=what)
         return bad is None
@@ -182,7 +182,7 @@ class IngestNode(Node):
     # ---------------------------------------------------------------------------------------- callbacks
     def _on_image(self, msg: Image) -> None:
         stamp = cv.stamp_to_sec(msg.header.stamp)
-        if not self._stamp_ok("image_raw", stamp):
+        if not self._stamp_ok("image_raw", stamp, nanosec=msg.header.stamp.nanosec):
             return
         try:
             image = np.array(cv.image_to_array(msg))  # own copy: the message buffer is not ours to keep
@@ -211,19 +211,18 @@ class IngestNode(Node):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         stamp = cv.stamp_to_sec(msg.header.stamp)
-        if not self._stamp_ok("camera_info", stamp, throttle=True):
+        if not self._stamp_ok("camera_info", stamp, throttle=True, nanosec=msg.header.stamp.nanosec):
             return
         try:
-            result = self.sync.add_camera_info(stamp, np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
-                                               msg.width, msg.height, now_s(self))
-        except ShotSyncError as exc:
+            result = self.sync.add_camera_info(stamp, cv.camera_info_k(msg), msg.width, msg.height, now_s(self))
+        except (ShotSyncError, cv.ConversionError) as exc:
             self._refuse("conversion", f"rejected camera_info: {exc}", throttle=True, reason="camera_info")
             return
         self._emit(*result)
 
     def _on_pose(self, msg: PoseStamped) -> None:
         stamp = cv.stamp_to_sec(msg.header.stamp)
-        if not self._stamp_ok("source_pose", stamp, throttle=True):
+        if not self._stamp_ok("source_pose", stamp, throttle=True, nanosec=msg.header.stamp.nanosec):
             return
         frame = msg.header.frame_id
         try:
