@@ -48,7 +48,7 @@ SCENARIOS = [
 ]
 CI_SCENARIO = [("ingest", "ingestion"), ("reconstruction", "optimisation")]
 TINY = ["-p", "volume_size:=[16,16,16]", "-p", "voxel_size_mm:=2.5", "-p", "volume_center_mm:=[0.0,0.0,0.0]",
-        "-p", "device:=cpu", "-p", "iterations:=30", "-p", "status_rate_hz:=10.0",
+        "-p", "device:=cpu", "-p", "iterations:=150", "-p", "status_rate_hz:=10.0",
         "-p", "volume_publish_period_s:=30.0", "-p", "outputs:=['']", "-p", "reinit_growth:=0.0",
         "-p", "engine_overrides:=[init.solver=torch,init.passes=3,exterior.passes=null,init.tv_weight=0.01,"
               "init.tv_weight_final=null,seed=1]"]
@@ -131,8 +131,9 @@ def run_scenario(kills, n_shots: int, workdir: Path, log=print, timeout: float =
                 ok = probe.spin_until(lambda: st() is not None and st().views_used >= recorded(), 120.0)
                 ev.update(views_after_restart=int(st().views_used) if st() else 0, recorded=recorded(),
                           back_s=round(time.monotonic() - t_kill, 1), complete=bool(ok))
-            elif name == "ingest":
-                probe.spin_until(ingest_ready, 60.0)
+            elif name == "ingest":  # up again: its start line, then time for discovery to drop the dead reader
+                probe.spin_until(lambda: "pairing image_raw" in n.log().split("===== start")[-1], 60.0)
+                probe.spin_for(2.0)
                 ev.update(back_s=round(time.monotonic() - t_kill, 1))
             else:
                 probe.spin_until(lambda: "standardizing" in n.log().split("===== start")[-1], 60.0)
@@ -144,22 +145,28 @@ def run_scenario(kills, n_shots: int, workdir: Path, log=print, timeout: float =
         later = [k for k in kills if k[1] != "ingestion"]
         at_shot = {int((i + 1) * n_shots / (len(ingestion) + 1)): k for i, k in enumerate(ingestion)}
         t0 = time.time() - 100.0
+        resends = 0
         for k in range(n_shots):
             if k in at_shot:
                 kill(*at_shot.pop(k))
-            probe.spin_until(ingest_ready, 60.0)  # a C-arm retries while its receiver is down
             view, _, counts = pool.shot(k)
             t = t0 + 2.0 * k
-            h = cv.make_header("xray_source_optical", t)
-            info_pub.publish(cv.view_to_camera_info(view, h))
-            img_pub.publish(cv.array_to_image(counts, header=h))
-            for dt in (0.0, 0.004):
-                m = PoseStamped(header=cv.make_header("world", t + dt), pose=cv.matrix_to_pose(view.T_world_source))
-                pose_pub.publish(m)
-            probe.spin_for(0.5)
+            for attempt in range(4):  # a C-arm retries a shot its receiver did not take (it was down)
+                probe.spin_until(ingest_ready, 60.0)
+                h = cv.make_header("xray_source_optical", t)
+                info_pub.publish(cv.view_to_camera_info(view, h))
+                img_pub.publish(cv.array_to_image(counts, header=h))
+                for dt in (0.0, 0.004):
+                    m = PoseStamped(header=cv.make_header("world", t + dt),
+                                    pose=cv.matrix_to_pose(view.T_world_source))
+                    pose_pub.publish(m)
+                if probe.spin_until(lambda: recorded() > k, 5.0):
+                    break
+                resends += 1
+            probe.spin_for(0.3)
         probe.spin_until(lambda: recorded() >= n_shots, 20.0)
         for name, moment in later:
-            if moment == "init":
+            if moment == "init":  # the last view is in: the initialisation starts
                 cond = lambda: st() is not None and st().views_used >= n_shots and st().iterations == 0  # noqa: E731
             elif moment == "optimisation":
                 cond = lambda: (st() is not None and st().state == ReconstructionStatus.OPTIMIZING  # noqa: E731
@@ -167,7 +174,7 @@ def run_scenario(kills, n_shots: int, workdir: Path, log=print, timeout: float =
             else:
                 n_vol = len(volumes)
                 cond = lambda: any(v.stage == Volume.STAGE_FINAL for v in volumes[n_vol:])  # noqa: E731
-            hit = probe.spin_until(cond, timeout)
+            hit = probe.spin_until(cond, 180.0)
             if not hit:
                 log(f"moment {moment} not reached for {name}; killing anyway")
             kill(name, moment if hit else moment + " (not reached)")
@@ -185,7 +192,7 @@ def run_scenario(kills, n_shots: int, workdir: Path, log=print, timeout: float =
     finally:
         probe.close()
         codes = {k: n.stop(60.0) for k, n in nodes.items()}
-    return {"kills": events, "shots_sent": n_shots, "shots_recorded": len(rec_ids),
+    return {"kills": events, "shots_sent": n_shots, "resends": resends, "shots_recorded": len(rec_ids),
             "final_view_count": len(ids), "shots_lost": len(set(rec_ids) - set(ids)),
             "lost_after_restart": sum(max(0, e.get("recorded", 0) - e.get("views_after_restart", e.get("recorded", 0)))
                                       for e in events),

@@ -20,7 +20,7 @@ def _check(r, kills):
         assert s["shots_recorded"] == s["shots_sent"] == s["final_view_count"], s
         assert all(e.get("complete", True) for e in s["kills"]), s["kills"]
         assert set(s["exit_codes"].values()) == {0}, s["exit_codes"]
-        assert s["psnr_3d"] is not None and s["psnr_3d"] > 15.0
+        assert s["psnr_3d"] is not None and s["psnr_3d"] > 10.0
 
 
 def test_two_kills_lose_no_shot(tmp_path):

@@ -151,7 +151,7 @@ class IngestNode(Node):
         self.create_timer(0.1, lambda: self._emit(*self.sync.poll(now_s(self))))
         Diagnostics(self, self._diagnostics)
         guard_parameters(self, check_parameter, self._apply, LIVE)
-        rec = f"; recording to {self.record.path} (next seq {self.record.next_seq})" if self.record else ""
+        rec = f"; recording to {self.record.path} (next seq {self.record.next_seq})" if self.record is not None else ""
         poses = f"tf chain {self.world!r} <- {p['tf_source_frame']!r}" if p["tf_source_frame"] else "source_pose"
         self.get_logger().info(
             f"pairing image_raw + camera_info + {poses} ({self.world!r}, max skew {p['max_sync_skew_s']} s, "
