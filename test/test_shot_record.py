@@ -107,6 +107,7 @@ def test_stamps_ids_encodings_and_digests():
     assert sc.view_id_problem("x" * 300)[0] == "invalid_id" and sc.view_id_problem("a\n[ERROR] b")[0] == "invalid_id"
     counts = np.full((8, 8), 30000, np.uint16)
     assert "the i0 does not belong" in sc.raw_i0_reason(counts, 1.0) and sc.raw_i0_reason(counts, 30000.0) is None
+    assert "no signal" in sc.no_signal_reason(np.zeros((8, 8), np.uint16)) and sc.no_signal_reason(counts) is None
     assert "uint16" in sc.line_integral_dtype_reason(np.uint16) and sc.line_integral_dtype_reason(np.float32) is None
     v, img = view(1), raw(1).astype(np.float32)
     d = sc.content_digest(v.K, v.T_world_source, img)

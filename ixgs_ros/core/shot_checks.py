@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 
 __all__ = ["REASONS", "RejectionLedger", "saturation_reason", "stamp_reason", "line_integral_dtype_reason",
-           "view_id_reason", "view_id_problem", "raw_i0_reason", "content_digest", "MAX_VIEW_ID_LENGTH", "DEFAULT_MAX_SATURATED_FRACTION", "DEFAULT_MAX_FUTURE_S"]
+           "view_id_reason", "view_id_problem", "raw_i0_reason", "no_signal_reason", "content_digest", "MAX_VIEW_ID_LENGTH", "DEFAULT_MAX_SATURATED_FRACTION", "DEFAULT_MAX_FUTURE_S"]
 
 #: Stable keys of the rejection reasons (status and diagnostics count by them) and what each means.
 REASONS = {
@@ -35,6 +35,7 @@ REASONS = {
     "sync": "an image that could not be paired with a pose / camera_info",
     "record": "the shot could not be written to the shot record",
     "i0": "a raw image whose i0 lies below most of its pixels (no attenuation to compute)",
+    "no_signal": "a raw image with (almost) no signal: 90 % or more of its pixels at 0 or below",
 }
 
 DEFAULT_MAX_SATURATED_FRACTION = 0.25
@@ -144,6 +145,18 @@ def raw_i0_reason(image, i0: float, max_fraction: float = 0.5, margin: float = 1
     if frac > max_fraction:
         return (f"{100.0 * frac:.0f} % of the pixels are above {margin:g} x i0 = {margin * i0:.6g}: the i0 does "
                 "not belong to this image")
+    return None
+
+
+def no_signal_reason(image, max_fraction: float = 0.9) -> str | None:
+    """A raw image whose pixels are (almost) all 0 or below: no exposure or a dead read-out. With a given i0 it
+    would become a uniform, fully opaque view (every ray clipped at the floor), not a refusal."""
+    a = np.asarray(image)
+    if a.size == 0:
+        return None
+    frac = float(np.count_nonzero(~(a > 0))) / a.size
+    if frac >= max_fraction:
+        return f"{100.0 * frac:.0f} % of the pixels are 0 or below: no signal (no exposure or a dead read-out)"
     return None
 
 

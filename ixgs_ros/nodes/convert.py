@@ -1,5 +1,8 @@
 """Conversions between ixgs_ros.core objects / numpy arrays and ROS 2 messages.
 
+Long because every inbound message (Image, CameraInfo, Pose, XrayView, Volume, status) is converted and checked in
+this one place, so that no node reads a message field without its check.
+
 This is the only place that knows both worlds, and the only place that converts units:
 
 * ROS poses are in metres (REP 103); ``ixgs_ros.core`` works in millimetres. ``pose_to_matrix`` /
