@@ -176,6 +176,39 @@ def test_view_errors():
         cv.xray_view_to_view(msg)
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("source_detector_distance_mm", float("nan"), "source_detector_distance_mm must be >= 0"),
+    ("source_detector_distance_mm", -1.0, "source_detector_distance_mm must be >= 0"),
+    ("i0", float("inf"), "i0 must be >= 0"),
+    ("camera_info.d", [0.1, 0.0, 0.0, 0.0, 0.0], "lens distortion"),
+    ("camera_info.binning_x", 2, "binning 2x0"),
+    ("camera_info.roi.x_offset", 4, "region of interest"),
+])
+def test_malformed_view_fields_are_refused(field, value, match):
+    """What the message fuzzer found accepted silently: NaN / negative distances and i0, distortion, binning and a
+    region of interest (the image would not be the detector K describes)."""
+    view = make_view()
+    msg = cv.view_to_xray_view(view, np.ones(view.shape, np.float32), view_id="m")
+    obj, *path = field.split(".")
+    target = msg if not path else getattr(msg, obj)
+    for p in path[:-1]:
+        target = getattr(target, p)
+    setattr(target, path[-1] if path else obj, value)
+    with pytest.raises(cv.ConversionError, match=match):
+        cv.xray_view_to_view(msg)
+    ok = cv.view_to_xray_view(view, np.ones(view.shape, np.float32), view_id="m")
+    ok.camera_info.d = [0.0] * 5  # zero coefficients: undistorted
+    assert cv.xray_view_to_view(ok).width == view.width
+
+
+def test_row_step_of_another_encoding_is_refused():
+    """A 16-bit image labelled mono8 fits its step (2 * width bytes >= width): refused, not read as half an image."""
+    msg = cv.array_to_image(np.ones((8, 8), np.uint16))
+    msg.encoding = "mono8"
+    with pytest.raises(cv.ConversionError, match="at least twice"):
+        cv.image_to_array(msg)
+
+
 # ----------------------------------------------------------------------------------------------- volumes
 def rotated_grid(shape, spacing, flip=False):
     A = np.eye(4)

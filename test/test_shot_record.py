@@ -101,6 +101,13 @@ def test_stamps_ids_encodings_and_digests():
     assert key == "stamp_future" and "3600.0 s ahead" in why
     assert sc.stamp_reason(1002.0, 1000.0) is None and sc.stamp_reason(10.0, 1000.0) is None
     assert sc.view_id_reason("  ") and sc.view_id_reason("shot_1") is None
+    assert sc.stamp_reason(-5.0, 1000.0)[0] == "stamp_invalid"
+    assert sc.stamp_reason(10.0, 1000.0, nanosec=2_000_000_000)[0] == "stamp_invalid"
+    assert sc.view_id_problem("")[0] == "empty_id" and sc.view_id_problem("shot_\u00df") is None
+    assert sc.view_id_problem("x" * 300)[0] == "invalid_id" and sc.view_id_problem("a\n[ERROR] b")[0] == "invalid_id"
+    counts = np.full((8, 8), 30000, np.uint16)
+    assert "the i0 does not belong" in sc.raw_i0_reason(counts, 1.0) and sc.raw_i0_reason(counts, 30000.0) is None
+    assert "no signal" in sc.no_signal_reason(np.zeros((8, 8), np.uint16)) and sc.no_signal_reason(counts) is None
     assert "uint16" in sc.line_integral_dtype_reason(np.uint16) and sc.line_integral_dtype_reason(np.float32) is None
     v, img = view(1), raw(1).astype(np.float32)
     d = sc.content_digest(v.K, v.T_world_source, img)

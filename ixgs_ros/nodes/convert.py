@@ -1,5 +1,8 @@
 """Conversions between ixgs_ros.core objects / numpy arrays and ROS 2 messages.
 
+Long because every inbound message (Image, CameraInfo, Pose, XrayView, Volume, status) is converted and checked in
+this one place, so that no node reads a message field without its check.
+
 This is the only place that knows both worlds, and the only place that converts units:
 
 * ROS poses are in metres (REP 103); ``ixgs_ros.core`` works in millimetres. ``pose_to_matrix`` /
@@ -47,6 +50,7 @@ __all__ = [
     "image_to_array",
     "array_to_image",
     "view_to_camera_info",
+    "camera_info_k",
     "view_to_xray_view",
     "xray_view_to_view",
     "xray_view_image",
@@ -175,6 +179,9 @@ def image_to_array(msg: Image) -> np.ndarray:
     row = w * dtype.itemsize
     if step < row:
         raise ConversionError(f"image step {step} is smaller than width*{dtype.itemsize} = {row} bytes")
+    if step >= 2 * row:  # alignment pads a row by less than a row: this is data of another encoding or width
+        raise ConversionError(f"image step {step} is at least twice width*{dtype.itemsize} = {row} bytes: the "
+                              f"encoding {msg.encoding} or the width does not match the data")
     buf = np.frombuffer(msg.data, dtype=np.uint8)
     if buf.size < step * (h - 1) + row:
         raise ConversionError(f"image data has {buf.size} bytes, {w}x{h} {msg.encoding} with step {step} "
@@ -241,6 +248,28 @@ def view_to_camera_info(view: View, header: Header | None = None) -> CameraInfo:
     return ci
 
 
+def camera_info_k(ci: CameraInfo) -> np.ndarray:
+    """K (3x3) of a ``sensor_msgs/CameraInfo``, refusing (ConversionError) what a pinhole X-ray view cannot
+    be: lens distortion (non-zero ``d``), binning or a region of interest (the image would not be the detector
+    that ``k`` describes)."""
+    d = np.asarray(ci.d, dtype=np.float64)
+    if d.size and (not np.all(np.isfinite(d)) or np.any(d != 0.0)):
+        raise ConversionError(f"camera_info has lens distortion ({ci.distortion_model or 'no model'}, d = "
+                              f"{np.round(d[:5], 6).tolist()}): X-ray views must be undistorted (d empty or zero)")
+    if ci.binning_x > 1 or ci.binning_y > 1:
+        raise ConversionError(f"camera_info binning {ci.binning_x}x{ci.binning_y} is not supported: send k, width "
+                              "and height of the image as it is (binning 0 or 1)")
+    roi = ci.roi
+    if (roi.x_offset or roi.y_offset or roi.width or roi.height) and not (
+            roi.x_offset == 0 and roi.y_offset == 0 and roi.width == ci.width and roi.height == ci.height):
+        raise ConversionError(f"camera_info region of interest {roi.width}x{roi.height}+{roi.x_offset}+"
+                              f"{roi.y_offset} is not supported: send k, width and height of the image as it is")
+    k = np.asarray(ci.k, dtype=np.float64)
+    if k.size != 9:
+        raise ConversionError(f"camera_info k has {k.size} values, expected 9")
+    return k.reshape(3, 3)
+
+
 def view_to_xray_view(view: View, image, *, image_kind: int = XrayView.IMAGE_KIND_LINE_INTEGRAL,
                       view_id: str = "", frame_id: str = "world",
                       optical_frame_id: str = "xray_source_optical", stamp: Time | float | None = None,
@@ -295,11 +324,15 @@ def xray_view_to_view(msg: XrayView) -> View:
         "image_kind": int(msg.image_kind),
         "i0": float(msg.i0),
     }
+    for name in ("source_detector_distance_mm", "i0"):
+        value = float(getattr(msg, name))
+        if not math.isfinite(value) or value < 0:
+            raise ConversionError(f"XrayView {msg.view_id!r}: {name} must be >= 0 (0 = unknown), got {value}")
     if msg.source_detector_distance_mm > 0:
         meta["sdd"] = float(msg.source_detector_distance_mm)
+    K = camera_info_k(ci)
     try:
-        return View(np.asarray(ci.k, dtype=np.float64).reshape(3, 3), pose_to_matrix(msg.source_pose),
-                    int(ci.width), int(ci.height), meta)
+        return View(K, pose_to_matrix(msg.source_pose), int(ci.width), int(ci.height), meta)
     except GeometryError as exc:
         raise ConversionError(f"XrayView {msg.view_id!r}: {exc}") from None
 

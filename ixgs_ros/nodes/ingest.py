@@ -39,6 +39,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
+from ixgs_ros.core.frame_policy import DROP_REASONS, FRAME_POLICIES, FramePolicy
 from ixgs_ros.core.frames import FrameError, FrameGraph
 from ixgs_ros.core.shot_checks import (DEFAULT_MAX_FUTURE_S, DEFAULT_MAX_SATURATED_FRACTION, RejectionLedger,
                                        line_integral_dtype_reason, saturation_reason, stamp_reason)
@@ -70,6 +71,11 @@ PARAMETERS = {
                                                                "at the dtype's maximum are refused"),
     "max_future_s": (DEFAULT_MAX_FUTURE_S, "Stamps more than this many seconds ahead of the node's clock are "
                                            "refused (as is a stamp of 0)"),
+    "frame_policy": ("all", "Which paired frames become views: 'all' (radiography: every image is a shot) or "
+                            "'still' (fluoroscopy: the first frame after the C-arm settles at a new position)"),
+    "still_time_s": (0.5, "frame_policy still: how long (s) the source pose must stay still before a frame"),
+    "still_mm": (0.5, "frame_policy still: largest source movement (mm) that counts as still / the same position"),
+    "still_deg": (0.2, "frame_policy still: largest rotation (degrees) that counts as still / the same position"),
 }
 #: Parameters a running node takes without a restart.
 LIVE = {"max_sync_skew_s", "max_wait_s", "source_detector_distance_mm", "max_saturated_fraction", "max_future_s",
@@ -92,6 +98,10 @@ def check_parameter(name: str, value) -> str | None:
         return f"max_future_s must be > 0, got {value}"
     if name == "qos_reliability" and value not in ("reliable", "best_effort"):
         return f"qos_reliability must be 'reliable' or 'best_effort', got {value!r}"
+    if name == "frame_policy" and value not in FRAME_POLICIES:
+        return f"frame_policy must be one of {', '.join(FRAME_POLICIES)}, got {value!r}"
+    if name in ("still_time_s", "still_mm", "still_deg") and not value >= 0:
+        return f"{name} must be >= 0, got {value}"
     if name == "world_frame" and not str(value).strip():
         return "world_frame must not be empty"
     return None
@@ -107,6 +117,10 @@ class IngestNode(Node):
             if why:
                 raise ValueError(why)
         self.sync = self._make_sync(p["max_sync_skew_s"], p["max_wait_s"])
+        self.policy = FramePolicy(p["frame_policy"], p["still_time_s"], p["still_mm"], p["still_deg"])
+        self.frames_received = 0
+        self.frames_paired = 0
+        self.frames_dropped = {k: 0 for k in DROP_REASONS}
         self.kind = (XrayView.IMAGE_KIND_RAW if p["image_kind"] == "raw" else XrayView.IMAGE_KIND_LINE_INTEGRAL)
         self.world = str(p["world_frame"])
         self.published = 0
@@ -137,11 +151,11 @@ class IngestNode(Node):
         self.create_timer(0.1, lambda: self._emit(*self.sync.poll(now_s(self))))
         Diagnostics(self, self._diagnostics)
         guard_parameters(self, check_parameter, self._apply, LIVE)
-        rec = f"; recording to {self.record.path} (next seq {self.record.next_seq})" if self.record else ""
+        rec = f"; recording to {self.record.path} (next seq {self.record.next_seq})" if self.record is not None else ""
         poses = f"tf chain {self.world!r} <- {p['tf_source_frame']!r}" if p["tf_source_frame"] else "source_pose"
         self.get_logger().info(
             f"pairing image_raw + camera_info + {poses} ({self.world!r}, max skew {p['max_sync_skew_s']} s, "
-            f"{p['qos_reliability']}) into xray_views_raw ({p['image_kind']}){rec}")
+            f"{p['qos_reliability']}) into xray_views_raw ({p['image_kind']}, frame policy {p['frame_policy']}){rec}")
 
     @staticmethod
     def _make_sync(skew, wait) -> ShotAssembler:
@@ -173,16 +187,17 @@ class IngestNode(Node):
                 text += f" ({suppressed} more refused for the same reason in the last {now - last:.0f} s)"
         self.get_logger().warning(text)
 
-    def _stamp_ok(self, what: str, stamp: float, throttle: bool = False) -> bool:
-        bad = stamp_reason(stamp, now_s(self), self.params["max_future_s"])
+    def _stamp_ok(self, what: str, stamp: float, throttle: bool = False, nanosec: int = 0) -> bool:
+        bad = stamp_reason(stamp, now_s(self), self.params["max_future_s"], nanosec=nanosec)
         if bad:
             self._refuse(bad[0], f"rejected {what}: {bad[1]}", throttle, reason=what)
         return bad is None
 
     # ---------------------------------------------------------------------------------------- callbacks
     def _on_image(self, msg: Image) -> None:
+        self.frames_received += 1
         stamp = cv.stamp_to_sec(msg.header.stamp)
-        if not self._stamp_ok("image_raw", stamp):
+        if not self._stamp_ok("image_raw", stamp, nanosec=msg.header.stamp.nanosec):
             return
         try:
             image = np.array(cv.image_to_array(msg))  # own copy: the message buffer is not ours to keep
@@ -211,19 +226,18 @@ class IngestNode(Node):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         stamp = cv.stamp_to_sec(msg.header.stamp)
-        if not self._stamp_ok("camera_info", stamp, throttle=True):
+        if not self._stamp_ok("camera_info", stamp, throttle=True, nanosec=msg.header.stamp.nanosec):
             return
         try:
-            result = self.sync.add_camera_info(stamp, np.asarray(msg.k, dtype=np.float64).reshape(3, 3),
-                                               msg.width, msg.height, now_s(self))
-        except ShotSyncError as exc:
+            result = self.sync.add_camera_info(stamp, cv.camera_info_k(msg), msg.width, msg.height, now_s(self))
+        except (ShotSyncError, cv.ConversionError) as exc:
             self._refuse("conversion", f"rejected camera_info: {exc}", throttle=True, reason="camera_info")
             return
         self._emit(*result)
 
     def _on_pose(self, msg: PoseStamped) -> None:
         stamp = cv.stamp_to_sec(msg.header.stamp)
-        if not self._stamp_ok("source_pose", stamp, throttle=True):
+        if not self._stamp_ok("source_pose", stamp, throttle=True, nanosec=msg.header.stamp.nanosec):
             return
         frame = msg.header.frame_id
         try:
@@ -300,6 +314,11 @@ class IngestNode(Node):
             self.rejected.count("sync")
             self.get_logger().warning(d.reason)
         for shot in shots:
+            self.frames_paired += 1
+            take, why = self.policy.decide(shot.stamp, shot.view.T_world_source)
+            if not take:
+                self.frames_dropped[why] += 1
+                continue
             image = shot.image
             if self.kind == XrayView.IMAGE_KIND_LINE_INTEGRAL:
                 image = image.astype(np.float32, copy=False)
@@ -332,6 +351,9 @@ class IngestNode(Node):
         rejected = self.rejected.snapshot()
         values = {"published": self.published, "recorded": self.record.next_seq if self.record else "off",
                   "record_failures": self.record_failures, "waiting_images": self.sync.pending,
+                  "frame_policy": self.policy.mode, "frames.received": self.frames_received,
+                  "frames.paired": self.frames_paired, "frames.views": self.published,
+                  **{f"frames.dropped.{k}": v for k, v in self.frames_dropped.items()},
                   **{f"rejected.{k}": v for k, v in rejected.items()}}
         level = "error" if self.record_failures else ("warn" if rejected else "ok")
         return level, f"{self.published} shots published, {sum(rejected.values())} inputs refused", values

@@ -48,7 +48,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
-from ixgs_ros.core.shot_checks import DEFAULT_MAX_FUTURE_S, line_integral_dtype_reason, stamp_reason, view_id_reason
+from ixgs_ros.core.shot_checks import (DEFAULT_MAX_FUTURE_S, line_integral_dtype_reason, stamp_reason,
+                                       view_id_problem)
 from ixgs_ros.msg import ReconstructionStatus, Volume, XrayView
 from ixgs_ros.nodes import convert as cv
 from ixgs_ros.nodes._base import (Diagnostics, declare_parameters, guard_parameters, latched_qos, now_s, run_node,
@@ -308,12 +309,13 @@ class ReconstructionNode(Node):
         vid = msg.view_id
         name = self.runner.next_name(vid)
         refuse = self.runner.reject
-        bad = stamp_reason(cv.stamp_to_sec(msg.header.stamp), now_s(self), self.params["max_future_s"])
+        bad = stamp_reason(cv.stamp_to_sec(msg.header.stamp), now_s(self), self.params["max_future_s"],
+                           nanosec=msg.header.stamp.nanosec)
         if bad:
             return refuse(bad[0], name, bad[1])
-        why = view_id_reason(vid)
-        if why:
-            return refuse("empty_id", name, why)
+        bad = view_id_problem(vid)
+        if bad:
+            return refuse(bad[0], name if bad[0] == "empty_id" else f"{vid[:40]!r}...", bad[1])
         try:
             view = cv.xray_view_to_view(msg)
             image = cv.xray_view_image(msg)

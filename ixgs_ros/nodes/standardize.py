@@ -35,7 +35,7 @@ from rclpy.node import Node
 
 from ixgs_ros.core.radiograph import RadiographError, bin_view, standardize
 from ixgs_ros.core.shot_checks import (DEFAULT_MAX_SATURATED_FRACTION, RejectionLedger, line_integral_dtype_reason,
-                                       saturation_reason)
+                                       no_signal_reason, raw_i0_reason, saturation_reason)
 from ixgs_ros.msg import XrayView
 from ixgs_ros.nodes import convert as cv
 from ixgs_ros.nodes._base import (SHOT_QUEUE_DEPTH, Diagnostics, declare_parameters, guard_parameters, run_node,
@@ -158,7 +158,15 @@ class StandardizeNode(Node):
             why = saturation_reason(image, self.params["max_saturated_fraction"])
             if why:
                 raise _Refused("saturated", why)
-        view, li, info = standardize(view, image, raw=raw, i0=self.params["i0"] or msg.i0, downsample=ds)
+        i0 = self.params["i0"] or msg.i0
+        if raw:
+            why = no_signal_reason(image)
+            if why:
+                raise _Refused("no_signal", why)
+            why = raw_i0_reason(image, i0)
+            if why:
+                raise _Refused("i0", why)
+        view, li, info = standardize(view, image, raw=raw, i0=i0, downsample=ds)
         if raw and info["i0_estimated"]:
             self.get_logger().info(f"view {msg.view_id!r}: i0 estimated from the image: {info['i0']:.6g}",
                                    throttle_duration_sec=10.0)
