@@ -71,16 +71,18 @@ def perturbed_views(views, deg, mm, seed, outlier=None):
     return out, k
 
 
-def ensure_scan(path: Path, views: int):
+def ensure_scan(path: Path, views: int, roi_size: int = 128, roi_spacing: float = 1.0, detector: int = 256):
     from ixgs_ros.core.scan import Scan
 
     if not (path / "scan.json").exists():
         from ixgs_ros.simulation.simulate import SimulationConfig, simulate_scan
         from ixgs_ros.simulation.trajectories import TrajectoryConfig
 
-        print(f"simulating the full-body T12 scan into {path} (minutes)", flush=True)
-        simulate_scan(SimulationConfig(out_dir=str(path), roi="T12", mode="full-body",
-                                       trajectory=TrajectoryConfig(n_views=views), seed=0),
+        print(f"simulating the full-body T12 scan ({roi_size}^3 ROI at {roi_spacing:g} mm, {detector}^2 detector) "
+              f"into {path} (minutes)", flush=True)
+        simulate_scan(SimulationConfig(out_dir=str(path), roi="T12", mode="full-body", roi_size=roi_size,
+                                       roi_spacing=roi_spacing,
+                                       trajectory=TrajectoryConfig(n_views=views, width=detector), seed=0),
                       progress=lambda m: print(m, flush=True))
     return Scan.load(path)
 
@@ -120,6 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--engine", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--quick", action="store_true", help="fewer init passes and iterations (a rough look)")
+    ap.add_argument("--roi-size", type=int, default=128, help="ROI voxels a side of the simulated scan")
+    ap.add_argument("--roi-spacing", type=float, default=1.0, help="ROI voxel size (mm) of the simulated scan")
+    ap.add_argument("--detector", type=int, default=256, help="detector pixels a side of the simulated scan")
     a = ap.parse_args(argv)
 
     from ixgs_ros.core.config import parse_overrides
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     counts = sorted({int(x) for x in a.views.split(",") if x.strip()})
     scan_dir = Path(a.scan) if a.scan else out / "scan"
-    scan = ensure_scan(scan_dir, max(counts))
+    scan = ensure_scan(scan_dir, max(counts), a.roi_size, a.roi_spacing, a.detector)
     roi = scan.extra["roi"]
     grid = Grid(tuple(roi["shape"]), np.array(roi["affine"]))
     gt, gt_grid = load_nifti(scan_dir / "gt.nii.gz")

@@ -17,15 +17,17 @@ The cascade (:func:`calibrated_init`, config section ``calibration``):
 ``auto`` (the default) runs the first round and keeps its corrections only when they matter: when their RMS
 displacement of the ROI centre reaches ``calibration.auto_min_shift_px`` detector pixels (a correction below
 that is indistinguishable from the registration's own scatter on exact poses); else the poses stay as given
-and the init goes on from the registration volume's solve alone. ``on`` always applies them; ``off`` skips it.
-Scans with fewer than ``calibration.min_views`` training views are never refined (the registration volume of
-so few views is too streaky to register against).
+(no flags) and the normal init follows: the time of one round is all that ``auto`` costs on exact poses. ``on``
+always applies them; ``off`` skips it. Scans with fewer than ``calibration.min_views`` training views are never
+refined (the registration volume of so few views is too streaky to register against).
 
 A view is *flagged* when its correction is implausibly large for a tracked C-arm (a moved patient, a wrong
 pose, a mixed-up shot): a rotation above ``max(flag_rotation_deg, flag_factor x the median)`` or a source
 translation above ``max(flag_translation_mm, flag_factor x the median)``, or a registration that leaves it far
-less consistent with the volume than the others. A flagged view is logged as a warning, kept out of the gauge,
-and written with its flag (:meth:`PoseCalibration.to_json`, ``refined_poses.json``).
+less consistent with the volume than the others (its NCC below ``flag_ncc`` too: on exact poses the views at the
+ends of the arc score a little below the others, and that alone is no reason to flag them). A flagged view is
+logged as a warning, kept out of the gauge and (``exclude_flagged``) out of the later rounds' registration
+volume, and written with its flag (:meth:`PoseCalibration.to_json`, ``refined_poses.json``).
 
 :class:`PoseCalibration` is the engine's record: the poses as given, the corrections, the flags; the engine
 state saves and restores it (:meth:`to_dict` / :meth:`from_dict`).
@@ -179,7 +181,7 @@ def _flags(sizes: list[dict], ncc: np.ndarray, c) -> dict[int, str]:
             why.append(f"rotation {rot[k]:.2f} deg > {lim_r:.2f}")
         if tr[k] > lim_t:
             why.append(f"source translation {tr[k]:.1f} mm > {lim_t:.1f}")
-        if err[k] > med + c.flag_inconsistency * mad and err[k] > 2.0 * med:
+        if err[k] > med + c.flag_inconsistency * mad and err[k] > 2.0 * med and ncc[k] < c.flag_ncc:
             why.append(f"inconsistent with the volume after registration (NCC {ncc[k]:.3f}, median "
                        f"{1.0 - med:.3f})")
         if why:
