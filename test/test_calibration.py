@@ -306,3 +306,19 @@ def test_node_parameter_refine_poses_maps_to_the_calibration_mode():
     with pytest.raises(ValueError, match="refine_poses"):
         build_engine_config("", ["calibration.mode=on"], 10, "cpu", "auto")
     assert build_engine_config("", ["calibration.rounds=2"], 10, "cpu", "off").calibration.rounds == 2
+
+
+def test_flags_see_the_image_displacement_and_ignore_small_inconsistencies():
+    from ixgs_ros.engine.calibration import _flags
+
+    c = EngineConfig().calibration
+    sizes = [{"rotation_deg": 0.4, "translation_mm": 1.0, "shift_mm": 5.0 + 0.3 * k} for k in range(12)]
+    ncc = np.full(12, 0.997)
+    ncc[11] = 0.994  # an arc-end view a little less consistent, as on exact poses: no flag
+    assert _flags(sizes, ncc, c) == {}
+    # a rotation and a translation each below their limits that together move the ROI centre by 45 mm
+    sizes[4] = {"rotation_deg": 2.0, "translation_mm": 6.0, "shift_mm": 45.0}
+    got = _flags(sizes, ncc, c)
+    assert list(got) == [4] and "ROI centre" in got[4]
+    ncc[7] = 0.90  # a registration that failed: far less consistent than the rest
+    assert sorted(_flags(sizes, ncc, c)) == [4, 7]

@@ -22,8 +22,10 @@ always applies them; ``off`` skips it. Scans with fewer than ``calibration.min_v
 refined (the registration volume of so few views is too streaky to register against).
 
 A view is *flagged* when its correction is implausibly large for a tracked C-arm (a moved patient, a wrong
-pose, a mixed-up shot): a rotation above ``max(flag_rotation_deg, flag_factor x the median)`` or a source
-translation above ``max(flag_translation_mm, flag_factor x the median)``, or a registration that leaves it far
+pose, a mixed-up shot): a rotation above ``max(flag_rotation_deg, flag_factor x the median)``, a source
+translation above ``max(flag_translation_mm, flag_factor x the median)``, a displacement of the ROI centre in
+the view above ``max(flag_shift_mm, flag_factor x the median)`` (what the images see of a pose error, whatever
+its split between rotation and translation), or a registration that leaves it far
 less consistent with the volume than the others (its NCC below ``flag_ncc`` too: on exact poses the views at the
 ends of the arc score a little below the others, and that alone is no reason to flag them). A flagged view is
 logged as a warning, kept out of the gauge and (``exclude_flagged``) out of the later rounds' registration
@@ -168,8 +170,10 @@ def _flags(sizes: list[dict], ncc: np.ndarray, c) -> dict[int, str]:
     """Position in ``sizes`` -> why that view's correction is implausible (see the module docstring)."""
     rot = np.array([s["rotation_deg"] for s in sizes])
     tr = np.array([s["translation_mm"] for s in sizes])
+    sh = np.array([s["shift_mm"] for s in sizes])
     lim_r = max(c.flag_rotation_deg, c.flag_factor * float(np.median(rot)))
     lim_t = max(c.flag_translation_mm, c.flag_factor * float(np.median(tr)))
+    lim_s = max(c.flag_shift_mm, c.flag_factor * float(np.median(sh)))
     # consistency: 1 - NCC after registration, against the others' (robust spread)
     err = 1.0 - ncc
     med = float(np.median(err))
@@ -181,6 +185,8 @@ def _flags(sizes: list[dict], ncc: np.ndarray, c) -> dict[int, str]:
             why.append(f"rotation {rot[k]:.2f} deg > {lim_r:.2f}")
         if tr[k] > lim_t:
             why.append(f"source translation {tr[k]:.1f} mm > {lim_t:.1f}")
+        if sh[k] > lim_s:
+            why.append(f"moves the ROI centre by {sh[k]:.1f} mm > {lim_s:.1f}")
         if err[k] > med + c.flag_inconsistency * mad and err[k] > 2.0 * med and ncc[k] < c.flag_ncc:
             why.append(f"inconsistent with the volume after registration (NCC {ncc[k]:.3f}, median "
                        f"{1.0 - med:.3f})")
