@@ -265,7 +265,7 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray):
             flags = {}
             break
         hist = (hist + [(p, new)])[-(c.acceleration + 1):]
-        p = _anderson(hist)
+        p = _anderson(hist, trusted=np.array([k not in flags for k in range(len(idx))]))
     eng._report(stage, c.rounds, c.rounds)
     for k, i in enumerate(idx):
         cal.set(eng, i, p[k])
@@ -274,9 +274,9 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray):
     sizes = [correction_sizes(g, q, pivot) for g, q in zip(given, p)]
     for k, why in sorted(flags.items()):
         s = sizes[k]
-        _log.warning("view %d: implausibly large pose correction (%.2f deg, %.1f mm, %.1f mm at the ROI centre): "
-                     "%s; a moved patient or a wrong pose? check this shot", idx[k], s["rotation_deg"],
-                     s["translation_mm"], s["shift_mm"], why)
+        _log.warning("view %d: implausibly large pose correction: %s (correction applied: %.2f deg, %.1f mm, "
+                     "%.1f mm at the ROI centre); a moved patient or a wrong pose? check this shot", idx[k], why,
+                     s["rotation_deg"], s["translation_mm"], s["shift_mm"])
     cal.summary = {
         "mode": c.mode, "decision": decision, "applied": bool(np.any(p != 0)), "rounds": c.rounds,
         "views": len(idx), "flagged": sorted(cal.flags), "time_s": round(time.perf_counter() - t0, 3),
@@ -290,19 +290,26 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray):
     return init, out_views
 
 
-def _anderson(hist: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def _anderson(hist: list[tuple[np.ndarray, np.ndarray]], trusted=None) -> np.ndarray:
     """The next corrections from the rounds' ``(in, out)`` pairs by Anderson acceleration (type II): the
     affine combination of the outputs whose combined residual ``out - in`` is smallest. One round is a
     fixed-point map whose slow directions (errors the volume absorbs, shared by many views) shrink by only a
-    fraction per round; Anderson extrapolates along them. With one pair: its output."""
+    fraction per round; Anderson extrapolates along them. With one pair: its output. The weights come from the
+    ``trusted`` views (``[N]`` bool, default all) only, and the others take their latest output: a flagged
+    view's large, erratic steps would otherwise decide the weights of every view."""
+    last = hist[-1][1].copy()
     if len(hist) == 1:
-        return hist[0][1]
-    G = np.stack([(o - i).ravel() for i, o in hist], 1)
+        return last
+    t = np.ones(len(last), bool) if trusted is None else np.asarray(trusted, bool)
+    if not t.any():
+        return last
+    G = np.stack([(o[t] - i[t]).ravel() for i, o in hist], 1)
     A = G.T @ G
     A += 1e-10 * (np.trace(A) + 1e-30) * np.eye(len(hist))
     w = np.linalg.solve(A, np.ones(len(hist)))
     w /= w.sum()
-    return sum(wk * o for wk, (_, o) in zip(w, hist))
+    last[t] = sum(wk * o for wk, (_, o) in zip(w, hist))[t]
+    return last
 
 
 def _lattice(grid, n: int = 4) -> np.ndarray:
