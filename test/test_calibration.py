@@ -252,3 +252,73 @@ def test_cli_refine_poses_writes_the_refined_poses(tmp_path, noisy, capsys):
     with pytest.raises(SystemExit):
         main(["reconstruct", str(scan), "--out", str(tmp_path / "x"), "--refine-poses", "maybe"] + common)
     assert "invalid choice" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ live
+def test_live_session_reports_the_refined_poses_and_names_the_flagged_shot(tmp_path):
+    from ixgs_ros.engine.live import LiveConfig, LiveSession
+
+    views = perturb(TRUE, 0.3, 0.5, seed=2, outlier=6)
+    logs = []
+    poses = tmp_path / "out" / "refined_poses.json"
+    cfg = EngineConfig.from_dict({**SMALL, "calibration.mode": "on"})
+    s = LiveSession(GRID, cfg, LiveConfig(min_views=len(views), reinit_growth=0, chunk_iterations=5,
+                                          publish_period_s=1e-3, poses_file=str(poses)),
+                    log=lambda level, text: logs.append((level, text)))
+    for k, (v, p) in enumerate(zip(views, PROJ)):
+        assert s.submit(f"shot{k}", v, p) is None
+    for _ in range(20):
+        s.work_once()
+        if s.status().state == "converged":
+            break
+    st = s.status()
+    assert st.state == "converged"
+    pc = st.to_dict()["pose_calibration"]
+    assert pc["applied"] and pc["flagged_view_ids"] == ["shot6"] and pc["file"] == str(poses)
+    assert "'shot6'" in st.message and "implausible" in st.message
+    assert any(level == "warn" and "'shot6'" in text for level, text in logs)
+    doc = json.loads(poses.read_text())
+    assert doc["flagged_view_ids"] == ["shot6"] and [e["view_id"] for e in doc["views"]] == [f"shot{k}" for k in
+                                                                                            range(len(views))]
+    assert doc["views"][6]["flagged"] and doc["views"][6]["size"]["rotation_deg"] > 3.0
+    # the ROS status conversion takes the status dict as it is (the flags travel in the message text)
+    pytest.importorskip("rclpy")
+    from ixgs_ros.nodes import convert as cv
+
+    try:
+        msg = cv.status_to_msg(st.to_dict())
+    except ImportError:  # the message types are not built here
+        return
+    assert "'shot6'" in msg.message
+
+
+def test_node_parameter_refine_poses_maps_to_the_calibration_mode():
+    pytest.importorskip("rclpy")
+    try:
+        from ixgs_ros.nodes.reconstruction import PARAMETERS, build_engine_config, check_parameter
+    except ImportError:  # the ROS interfaces are not built here
+        pytest.skip("ixgs_ros messages not built")
+    assert PARAMETERS["refine_poses"][0] == "auto"
+    for mode in ("auto", "on", "off"):
+        assert build_engine_config("", [""], 10, "cpu", mode).calibration.mode == mode
+        assert check_parameter("refine_poses", mode, {}) is None
+    assert "refine_poses must be" in check_parameter("refine_poses", "sometimes", {})
+    with pytest.raises(ValueError, match="refine_poses"):
+        build_engine_config("", ["calibration.mode=on"], 10, "cpu", "auto")
+    assert build_engine_config("", ["calibration.rounds=2"], 10, "cpu", "off").calibration.rounds == 2
+
+
+def test_flags_see_the_image_displacement_and_ignore_small_inconsistencies():
+    from ixgs_ros.engine.calibration import _flags
+
+    c = EngineConfig().calibration
+    sizes = [{"rotation_deg": 0.4, "translation_mm": 1.0, "shift_mm": 5.0 + 0.3 * k} for k in range(12)]
+    ncc = np.full(12, 0.997)
+    ncc[11] = 0.994  # an arc-end view a little less consistent, as on exact poses: no flag
+    assert _flags(sizes, ncc, c) == {}
+    # a rotation and a translation each below their limits that together move the ROI centre by 45 mm
+    sizes[4] = {"rotation_deg": 2.0, "translation_mm": 6.0, "shift_mm": 45.0}
+    got = _flags(sizes, ncc, c)
+    assert list(got) == [4] and "ROI centre" in got[4]
+    ncc[7] = 0.90  # a registration that failed: far less consistent than the rest
+    assert sorted(_flags(sizes, ncc, c)) == [4, 7]

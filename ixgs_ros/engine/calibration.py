@@ -17,15 +17,19 @@ The cascade (:func:`calibrated_init`, config section ``calibration``):
 ``auto`` (the default) runs the first round and keeps its corrections only when they matter: when their RMS
 displacement of the ROI centre reaches ``calibration.auto_min_shift_px`` detector pixels (a correction below
 that is indistinguishable from the registration's own scatter on exact poses); else the poses stay as given
-and the init goes on from the registration volume's solve alone. ``on`` always applies them; ``off`` skips it.
-Scans with fewer than ``calibration.min_views`` training views are never refined (the registration volume of
-so few views is too streaky to register against).
+(no flags) and the normal init follows: the time of one round is all that ``auto`` costs on exact poses. ``on``
+always applies them; ``off`` skips it. Scans with fewer than ``calibration.min_views`` training views are never
+refined (the registration volume of so few views is too streaky to register against).
 
 A view is *flagged* when its correction is implausibly large for a tracked C-arm (a moved patient, a wrong
-pose, a mixed-up shot): a rotation above ``max(flag_rotation_deg, flag_factor x the median)`` or a source
-translation above ``max(flag_translation_mm, flag_factor x the median)``, or a registration that leaves it far
-less consistent with the volume than the others. A flagged view is logged as a warning, kept out of the gauge,
-and written with its flag (:meth:`PoseCalibration.to_json`, ``refined_poses.json``).
+pose, a mixed-up shot): a rotation above ``max(flag_rotation_deg, flag_factor x the median)``, a source
+translation above ``max(flag_translation_mm, flag_factor x the median)``, a displacement of the ROI centre in
+the view above ``max(flag_shift_mm, flag_factor x the median)`` (what the images see of a pose error, whatever
+its split between rotation and translation), or a registration that leaves it far
+less consistent with the volume than the others (its NCC below ``flag_ncc`` too: on exact poses the views at the
+ends of the arc score a little below the others, and that alone is no reason to flag them). A flagged view is
+logged as a warning, kept out of the gauge and (``exclude_flagged``) out of the later rounds' registration
+volume, and written with its flag (:meth:`PoseCalibration.to_json`, ``refined_poses.json``).
 
 :class:`PoseCalibration` is the engine's record: the poses as given, the corrections, the flags; the engine
 state saves and restores it (:meth:`to_dict` / :meth:`from_dict`).
@@ -166,8 +170,10 @@ def _flags(sizes: list[dict], ncc: np.ndarray, c) -> dict[int, str]:
     """Position in ``sizes`` -> why that view's correction is implausible (see the module docstring)."""
     rot = np.array([s["rotation_deg"] for s in sizes])
     tr = np.array([s["translation_mm"] for s in sizes])
+    sh = np.array([s["shift_mm"] for s in sizes])
     lim_r = max(c.flag_rotation_deg, c.flag_factor * float(np.median(rot)))
     lim_t = max(c.flag_translation_mm, c.flag_factor * float(np.median(tr)))
+    lim_s = max(c.flag_shift_mm, c.flag_factor * float(np.median(sh)))
     # consistency: 1 - NCC after registration, against the others' (robust spread)
     err = 1.0 - ncc
     med = float(np.median(err))
@@ -179,7 +185,9 @@ def _flags(sizes: list[dict], ncc: np.ndarray, c) -> dict[int, str]:
             why.append(f"rotation {rot[k]:.2f} deg > {lim_r:.2f}")
         if tr[k] > lim_t:
             why.append(f"source translation {tr[k]:.1f} mm > {lim_t:.1f}")
-        if err[k] > med + c.flag_inconsistency * mad and err[k] > 2.0 * med:
+        if sh[k] > lim_s:
+            why.append(f"moves the ROI centre by {sh[k]:.1f} mm > {lim_s:.1f}")
+        if err[k] > med + c.flag_inconsistency * mad and err[k] > 2.0 * med and ncc[k] < c.flag_ncc:
             why.append(f"inconsistent with the volume after registration (NCC {ncc[k]:.3f}, median "
                        f"{1.0 - med:.3f})")
         if why:
@@ -257,7 +265,7 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray):
             flags = {}
             break
         hist = (hist + [(p, new)])[-(c.acceleration + 1):]
-        p = _anderson(hist)
+        p = _anderson(hist, trusted=np.array([k not in flags for k in range(len(idx))]))
     eng._report(stage, c.rounds, c.rounds)
     for k, i in enumerate(idx):
         cal.set(eng, i, p[k])
@@ -266,9 +274,9 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray):
     sizes = [correction_sizes(g, q, pivot) for g, q in zip(given, p)]
     for k, why in sorted(flags.items()):
         s = sizes[k]
-        _log.warning("view %d: implausibly large pose correction (%.2f deg, %.1f mm, %.1f mm at the ROI centre): "
-                     "%s; a moved patient or a wrong pose? check this shot", idx[k], s["rotation_deg"],
-                     s["translation_mm"], s["shift_mm"], why)
+        _log.warning("view %d: implausibly large pose correction: %s (correction applied: %.2f deg, %.1f mm, "
+                     "%.1f mm at the ROI centre); a moved patient or a wrong pose? check this shot", idx[k], why,
+                     s["rotation_deg"], s["translation_mm"], s["shift_mm"])
     cal.summary = {
         "mode": c.mode, "decision": decision, "applied": bool(np.any(p != 0)), "rounds": c.rounds,
         "views": len(idx), "flagged": sorted(cal.flags), "time_s": round(time.perf_counter() - t0, 3),
@@ -282,19 +290,26 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray):
     return init, out_views
 
 
-def _anderson(hist: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def _anderson(hist: list[tuple[np.ndarray, np.ndarray]], trusted=None) -> np.ndarray:
     """The next corrections from the rounds' ``(in, out)`` pairs by Anderson acceleration (type II): the
     affine combination of the outputs whose combined residual ``out - in`` is smallest. One round is a
     fixed-point map whose slow directions (errors the volume absorbs, shared by many views) shrink by only a
-    fraction per round; Anderson extrapolates along them. With one pair: its output."""
+    fraction per round; Anderson extrapolates along them. With one pair: its output. The weights come from the
+    ``trusted`` views (``[N]`` bool, default all) only, and the others take their latest output: a flagged
+    view's large, erratic steps would otherwise decide the weights of every view."""
+    last = hist[-1][1].copy()
     if len(hist) == 1:
-        return hist[0][1]
-    G = np.stack([(o - i).ravel() for i, o in hist], 1)
+        return last
+    t = np.ones(len(last), bool) if trusted is None else np.asarray(trusted, bool)
+    if not t.any():
+        return last
+    G = np.stack([(o[t] - i[t]).ravel() for i, o in hist], 1)
     A = G.T @ G
     A += 1e-10 * (np.trace(A) + 1e-30) * np.eye(len(hist))
     w = np.linalg.solve(A, np.ones(len(hist)))
     w /= w.sum()
-    return sum(wk * o for wk, (_, o) in zip(w, hist))
+    last[t] = sum(wk * o for wk, (_, o) in zip(w, hist))[t]
+    return last
 
 
 def _lattice(grid, n: int = 4) -> np.ndarray:

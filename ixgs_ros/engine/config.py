@@ -174,9 +174,13 @@ class CalibrationConfig:
     auto_min_shift_px: float = 0.5    # auto: applied when the RMS shift of the ROI centre reaches this (pixels)
     flag_rotation_deg: float = 3.0    # flagged: rotation above max(this, flag_factor x the median)
     flag_translation_mm: float = 8.0  # or source translation above max(this, flag_factor x the median)
+    flag_shift_mm: float = 20.0       # or moving the ROI centre in its view by more than max(this, flag_factor x
+                                      # the median) mm: the image-space size, blind to the rotation/translation
+                                      # degeneracy that can split one large error into two modest parameters
     flag_factor: float = 3.0
-    flag_inconsistency: float = 5.0   # or 1 - NCC after registration this many robust deviations above the median
-    exclude_flagged: bool = False     # leave flagged views out of the registration volume's later rounds
+    flag_inconsistency: float = 5.0   # or 1 - NCC after registration this many robust deviations above the median,
+    flag_ncc: float = 0.98            # twice the median and the NCC below this (exact poses stay above it)
+    exclude_flagged: bool = True      # leave flagged views out of the registration volume's later rounds
 
     def validate(self, need) -> None:
         need(self.mode in ("auto", "on", "off"), f"calibration.mode must be auto, on or off, got {self.mode!r}")
@@ -187,8 +191,10 @@ class CalibrationConfig:
         need(min(self.prior_rotation_deg, self.prior_translation_mm, self.prior_principal_point_px) > 0,
              "calibration.prior_* must be > 0")
         need(self.tv_weight >= 0 and self.auto_min_shift_px >= 0 and self.flag_rotation_deg > 0
-             and self.flag_translation_mm > 0 and self.flag_factor >= 1 and self.flag_inconsistency > 0,
-             "calibration: tv_weight and auto_min_shift_px must be >= 0, flag limits > 0, flag_factor >= 1")
+             and self.flag_translation_mm > 0 and self.flag_shift_mm > 0 and self.flag_factor >= 1 and self.flag_inconsistency > 0
+             and -1 <= self.flag_ncc <= 1,
+             "calibration: tv_weight and auto_min_shift_px must be >= 0, flag limits > 0, flag_factor >= 1, "
+             "flag_ncc in [-1, 1]")
 
 
 @dataclass

@@ -31,6 +31,11 @@ under one lock discipline, which reads best in one place.
   logged with its reason and counted by reason key (:data:`ixgs_ros.core.shot_checks.REASONS`) in the status.
 * Operator requests (from any thread; the worker acts on them between chunks): :meth:`reset` drops every view and
   starts a new reconstruction, :meth:`request_reinit` re-initialises from all training views now.
+* Pose self-calibration (:mod:`~ixgs_ros.engine.calibration`, ``calibration.mode`` of the engine configuration)
+  runs inside each (re-)initialisation from enough training views. After each, the status carries its summary
+  (``pose_calibration``: decision, corrections' sizes, the ids of the views flagged as implausible, which the
+  status message names too), and with ``poses_file`` the corrected poses are written there
+  (``refined_poses.json``, the same content as ``ixgs reconstruct`` writes plus each view's id).
 """
 from __future__ import annotations
 
@@ -69,6 +74,7 @@ class LiveConfig:
     chunk_iterations: int = 5       # iterations per engine.step call (between them: new views, snapshots, stop)
     snapshot_share: float = 0.2     # snapshots may take at most this share of the worker's time
     supersede_init: bool = True     # abandon an init in its first stage for one from reinit_growth x more views
+    poses_file: str = ""            # refined_poses.json written after each init with pose self-calibration
 
     def validate(self) -> "LiveConfig":
         for name, low in (("min_views", 1), ("heldout_views", 0), ("refine_iterations", 0),
@@ -108,10 +114,12 @@ class LiveStatus:
     volume_stage: str = ""          # stage of the last volume handed out ("" before the first)
     volume_view_ids: tuple = ()     # the training views it was reconstructed from
     volume_iteration: int = 0
+    pose_calibration: dict = None   # summary of the last init's pose self-calibration ({} when none ran)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rejected"] = dict(self.rejected or {})
+        d["pose_calibration"] = dict(self.pose_calibration or {})
         d["volume_view_ids"] = list(self.volume_view_ids)
         return d
 
@@ -173,6 +181,9 @@ class LiveSession:
         self._snapshot_s = 0.0
         self._stretch_logged = False
         self._published_iteration = -1
+        self._poses: dict = {}  # summary of the last init's pose self-calibration (the status shows it)
+        if self.engine.calibration.summary:  # restored
+            self._record_poses()
 
     # ------------------------------------------------------------------------------ persistence
     @classmethod
@@ -320,6 +331,7 @@ class LiveSession:
             self._last_volume = None
             self._published_iteration = -1
             self._last_publish_time = None
+            self._poses = {}
             self.rejections.clear()
             self.save()
         self.log("info", f"reset: {n} views dropped ({dropped} queued); a new reconstruction starts with the next view")
@@ -350,10 +362,15 @@ class LiveSession:
         base = dict(views_used=n_train, iterations=st.iterations, num_gaussians=st.num_gaussians, loss=st.loss,
                     wall_time_s=st.wall_time_s, heldout_psnr_2d=self._heldout_psnr,
                     rejected=self.rejections.snapshot(), volume_stage=vol.stage if vol else "",
-                    volume_view_ids=vol.view_ids if vol else (), volume_iteration=vol.iteration if vol else 0)
+                    volume_view_ids=vol.view_ids if vol else (), volume_iteration=vol.iteration if vol else 0,
+                    pose_calibration=self._poses)
         accepted = f"{_plural(n_train + n_hold, 'view')} accepted ({n_train} training, {n_hold} held out)"
         if pending:
             accepted += f", {pending} queued"
+        flagged = self._poses.get("flagged_view_ids") or []
+        if flagged:  # shots whose pose looks wrong: the operator should know at once
+            accepted += (f"; pose refinement flagged {_plural(len(flagged), 'view')} as implausible (moved patient "
+                         f"or wrong pose?): {', '.join(map(repr, flagged))}")
         if self._error is not None:
             return LiveStatus("error", f"{self._error} ({accepted}; a new training view retries)", **base)
         if n_train + n_hold + pending == 0:
@@ -480,9 +497,12 @@ class LiveSession:
         def chunk():
             with self.engine_lock:
                 n = min(self.live.chunk_iterations, self.target - self.engine.iteration)
-                return self.engine.step(n, progress=self._progress_callback(
+                new = self.engine.step(n, progress=self._progress_callback(
                     f"initialising from {st.views_used} training views", st.views_used) if initialising else None,
                     preview=self._preview if initialising else None)
+                if initialising:
+                    self._record_poses()
+                return new
 
         new = self._guarded(chunk, "optimisation", "initialisation stopped by the shutdown; the views are kept (it "
                                                    "starts again from them at the next start when state_dir is set)")
@@ -522,6 +542,7 @@ class LiveSession:
             with self.engine_lock:
                 new = self.engine.reinitialize(progress=self._progress_callback(
                     f"re-initialising from {st.views_used} training views", st.views_used))
+                self._record_poses()
                 self.target = self.engine.iteration + self.engine.config.iterations
                 self.save()
                 return new
@@ -570,6 +591,38 @@ class LiveSession:
                     raise _Superseded(f"{what} abandoned in its {stage} ({done}/{total}): {waiting} more shots "
                                       f"arrived, it starts again from all {n_views + waiting}")
         return progress
+
+    def _record_poses(self) -> None:
+        """After an initialisation (engine lock held): the status's summary of its pose self-calibration, the
+        warning for flagged views and, with ``poses_file``, the corrected poses on disk."""
+        eng = self.engine
+        summary = eng.calibration.summary
+        if not summary:
+            self._poses = {}
+            return
+        ids = [vid or f"#{i}" for i, vid in enumerate(self.view_ids)]
+        ids += [f"#{i}" for i in range(len(ids), len(eng.views))]
+        flagged = [ids[i] for i in summary.get("flagged", []) if i < len(ids)]
+        self._poses = {k: summary[k] for k in ("decision", "applied", "views", "rms_shift_px", "max_rotation_deg",
+                                               "max_translation_mm", "time_s") if k in summary}
+        self._poses["flagged_view_ids"] = flagged
+        if flagged:
+            self.log("warn", f"pose refinement flagged {_plural(len(flagged), 'view')} as implausible (a moved "
+                             f"patient or a wrong pose? check these shots): {', '.join(map(repr, flagged))}")
+        if self.live.poses_file:
+            try:
+                doc = eng.calibration.to_json(eng)
+                for entry in doc["views"]:
+                    entry["view_id"] = ids[entry["index"]]
+                doc["flagged_view_ids"] = flagged
+                path = Path(self.live.poses_file).expanduser()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(json.dumps(doc, indent=1))
+                tmp.replace(path)
+                self._poses["file"] = str(path)
+            except Exception as exc:  # a full disk must not stop the reconstruction
+                self.log("error", f"could not write the refined poses to {self.live.poses_file}: {exc}")
 
     def _waiting_training_views(self) -> int:
         """Queued views that will train (not held out); called with the engine lock held."""

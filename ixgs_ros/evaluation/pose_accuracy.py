@@ -70,5 +70,6 @@ def gauge_aligned(volume, grid: Grid, gauge: dict) -> np.ndarray:
     M = similarity_matrix(gauge["similarity"], gauge["center"])
     x = grid.world_coords().reshape(-1, 3)
     ijk = grid.world_to_index(x @ M[:3, :3].T + M[:3, 3])
-    out = map_coordinates(np.asarray(volume, dtype=np.float32), ijk.T, order=1, mode="constant", cval=0.0)
+    # nearest beyond the faces: full-body volumes have material there, which a zero fill would count as error
+    out = map_coordinates(np.asarray(volume, dtype=np.float32), ijk.T, order=1, mode="nearest")
     return out.reshape(grid.shape).astype(np.float32)

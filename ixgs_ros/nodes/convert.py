@@ -446,7 +446,8 @@ STATE_NAMES = {
     "error": ReconstructionStatus.ERROR,
 }
 _STATUS_FIELDS = {"state", "views_used", "iterations", "num_gaussians", "loss", "heldout_psnr_2d",
-                  "message", "wall_time_s", "rejected", "volume_stage", "volume_view_ids", "volume_iteration"}
+                  "message", "wall_time_s", "rejected", "volume_stage", "volume_view_ids", "volume_iteration",
+                  "pose_calibration"}  # not a message field: its flagged views are named in `message`
 
 
 def _state_value(state) -> int:

@@ -81,6 +81,9 @@ PARAMETERS = {
     "device": ("auto", "Torch device: 'auto' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N'"),
     "status_rate_hz": (2.0, "Rate of reconstruction_status messages"),
     "volume_publish_period_s": (5.0, "Period of volume snapshots while optimising"),
+    "refine_poses": ("auto", "Pose self-calibration (EngineConfig calibration.mode): auto (corrections applied when "
+                             "they matter), on or off; the corrected poses go to output_dir/refined_poses.json (else "
+                             "state_dir's), their summary and the flagged shots to the status and /diagnostics"),
     "engine_config": ("", "Engine configuration file (YAML/JSON, EngineConfig keys, optionally under 'engine'); "
                           "'' = EngineConfig defaults"),
     "engine_overrides": ([""], "EngineConfig overrides as 'key=value' strings (value parsed as JSON, else a "
@@ -153,17 +156,20 @@ def make_grid(size, voxel_size_mm: float, center_mm):
     return Grid.centered([int(s) for s in size], float(voxel_size_mm), center)
 
 
-def build_engine_config(engine_config: str, engine_overrides, iterations: int, device: str):
-    """EngineConfig from defaults < ``engine_config`` file < ``engine_overrides`` < iterations/device."""
+def build_engine_config(engine_config: str, engine_overrides, iterations: int, device: str,
+                        refine_poses: str = "auto"):
+    """EngineConfig from defaults < ``engine_config`` file < ``engine_overrides`` < iterations/device/refine_poses
+    (``calibration.mode``)."""
     from ixgs_ros.engine import load_engine_config
 
     items = [str(s).strip() for s in engine_overrides if str(s).strip()]
-    clash = sorted({"iterations", "device"} & {item.partition("=")[0].strip() for item in items})
+    clash = sorted({"iterations", "device", "calibration.mode"} & {item.partition("=")[0].strip() for item in items})
     if clash:
-        raise ValueError(f"engine_overrides: set {' and '.join(clash)} with the node parameter(s) of that name, "
-                         "not as an override")
+        raise ValueError(f"engine_overrides: set {' and '.join(clash)} with the node parameter(s) iterations, "
+                         "device, refine_poses, not as an override")
     try:
-        return load_engine_config(engine_config.strip() or None, items, iterations=int(iterations), device=device)
+        return load_engine_config(engine_config.strip() or None, items, iterations=int(iterations), device=device,
+                                  **{"calibration.mode": str(refine_poses)})
     except (ValueError, TypeError) as exc:  # EngineError is a ValueError: one clear line
         raise ValueError(f"engine configuration: {exc}") from None
 
@@ -198,6 +204,8 @@ def check_parameter(name: str, value, params: dict) -> str | None:
             return f"takeup_downsample must be >= 1, got {value}"
         elif name in ("world_frame", "volume_frame") and not str(value).strip():
             return f"{name} must not be empty"
+        elif name == "refine_poses" and value not in ("auto", "on", "off"):
+            return f"refine_poses must be 'auto', 'on' or 'off', got {value!r}"
         elif name == "qos_reliability" and value not in ("reliable", "best_effort"):
             return f"qos_reliability must be 'reliable' or 'best_effort', got {value!r}"
     except (ValueError, TypeError) as exc:
@@ -219,18 +227,21 @@ class ReconstructionNode(Node):
             if why:
                 raise ValueError(why)
         self.world_frame = str(p["world_frame"])
+        state_dir = str(p["state_dir"]).strip()
+        poses_dir = str(p["output_dir"]).strip() or state_dir
         live = LiveConfig(min_views=int(p["min_views"]), heldout_views=int(p["heldout_views"]),
                           reinit_growth=float(p["reinit_growth"]), refine_iterations=int(p["refine_iterations"]),
                           publish_period_s=float(p["volume_publish_period_s"]),
-                          supersede_init=bool(p["supersede_init"]))
+                          supersede_init=bool(p["supersede_init"]),
+                          poses_file=str(Path(poses_dir).expanduser() / "refined_poses.json") if poses_dir else "")
         if int(p["iterations"]) < 1:
             raise ValueError(f"iterations must be >= 1, got {p['iterations']}")
         live.validate()
         self.grid = make_grid(p["volume_size"], float(p["voxel_size_mm"]), p["volume_center_mm"])
         self.device = resolve_device(p["device"])
-        config = build_engine_config(p["engine_config"], p["engine_overrides"], int(p["iterations"]), self.device)
+        config = build_engine_config(p["engine_config"], p["engine_overrides"], int(p["iterations"]), self.device,
+                                     p["refine_poses"])
         out_cfg, kinds = output_config(p)
-        state_dir = str(p["state_dir"]).strip()
 
         # callback groups: the heartbeat never waits behind a view, a service or the outputs
         self._heartbeat_group = MutuallyExclusiveCallbackGroup()
@@ -380,7 +391,11 @@ class ReconstructionNode(Node):
                   **{f"rejected.{k}": v for k, v in rejected.items()}}
         if self.takeup is not None:
             values["taken_up_from_record"] = self.takeup.taken_up
-        level = "error" if st.get("state") == "error" else ("warn" if rejected else "ok")
+        poses = st.get("pose_calibration") or {}
+        values.update({f"pose_calibration.{k}": v if k != "flagged_view_ids" else ",".join(v)
+                       for k, v in poses.items()})
+        level = "error" if st.get("state") == "error" else ("warn" if rejected or poses.get("flagged_view_ids")
+                                                            else "ok")
         return level, st.get("message", ""), values
 
     # ------------------------------------------------------------------------------------ services
