@@ -61,8 +61,10 @@ def small_config(**kw):
     init passes 3 at a constant TV weight of 0.01: the defaults (48 passes, 0.03 -> 0.003, tuned on 128³ volumes)
     squeezed onto a 24³ sphere flatten it. R²-Gaussian's position and scale rates: the defaults' smaller ones suit
     a long TV-SART start, not this rough one. One coarse level and 3 fine passes for full-body-like scenes, pass
-    counts as given (init.pass_views 0): the full-body defaults would make every such test run minutes."""
-    base = {"iterations": 120, "seed": 3, "init.passes": 3, "init.tv_weight": 0.01, "init.tv_weight_final": None,
+    counts as given (init.pass_views 0): the full-body defaults would make every such test run minutes. No pose
+    self-calibration (tested in test_calibration.py): these featureless sphere scenes give it too little to
+    register against, and the tests compare stages and renders with the poses as given."""
+    base = {"iterations": 120, "seed": 3, "calibration.mode": "off", "init.passes": 3, "init.tv_weight": 0.01, "init.tv_weight_final": None,
             "init.pass_views": 0, "exterior.passes": None, "exterior.refine_passes": 3, "exterior.levels": 1,
             "optimiser.lr_means": 2e-4, "optimiser.lr_scales": 5e-3, "optimiser.lr_density": 1e-2,
             "optimiser.views_per_step": 1, "optimiser.tv_size": 8, "densification.strategy": "split_clone",
@@ -346,11 +348,7 @@ def test_exterior_explains_tissue_outside_roi(tmp_path):
     views = make_views(n=11, seed=2)
     images = [a + b for a, b in zip(sphere_projection(views, 12.0), sphere_projection(views, 30.0, (55.0, 0, 0)))]
     gt = sphere_volume(roi, radius=12.0)
-    cfg = small_config(iterations=100)
-    # the renders below are compared with the poses as given: no pose refinement (on this featureless two-sphere
-    # scene auto mode would apply corrections of about 2 px)
-    cfg.calibration.mode = "off"
-    eng = ReconstructionEngine(roi, cfg)
+    eng = ReconstructionEngine(roi, small_config(iterations=100))
     for v, im in zip(views[:10], images[:10]):
         eng.add_view(v, im)
     eng.step(1)
