@@ -348,11 +348,7 @@ def test_exterior_explains_tissue_outside_roi(tmp_path):
     views = make_views(n=11, seed=2)
     images = [a + b for a, b in zip(sphere_projection(views, 12.0), sphere_projection(views, 30.0, (55.0, 0, 0)))]
     gt = sphere_volume(roi, radius=12.0)
-    cfg = small_config(iterations=100)
-    # the renders below are compared with the poses as given: no pose refinement (on this featureless two-sphere
-    # scene auto mode would apply corrections of about 2 px)
-    cfg.calibration.mode = "off"
-    eng = ReconstructionEngine(roi, cfg)
+    eng = ReconstructionEngine(roi, small_config(iterations=100))
     for v, im in zip(views[:10], images[:10]):
         eng.add_view(v, im)
     eng.step(1)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.geometry import View
+from ..core.geometry import View, rotvec_to_matrix
 from ..core.volume import Grid
 
 __all__ = ["NPARAMS", "rotvec_to_matrix", "matrix_to_rotvec", "corrected_view", "compose", "DrrModel",
@@ -42,17 +42,6 @@ NPARAMS = 8
 
 
 # ------------------------------------------------------------------------------------------ rotations
-def rotvec_to_matrix(w) -> np.ndarray:
-    """Rodrigues: rotation matrix of the rotation vector ``w`` (radians)."""
-    w = np.asarray(w, dtype=np.float64)
-    th = float(np.linalg.norm(w))
-    if th < 1e-15:
-        return np.eye(3)
-    k = w / th
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(th) * Kx + (1 - math.cos(th)) * Kx @ Kx
-
-
 def matrix_to_rotvec(R) -> np.ndarray:
     """The rotation vector (radians) of a rotation matrix (angles below 180 degrees)."""
     R = np.asarray(R, dtype=np.float64)
