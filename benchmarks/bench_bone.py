@@ -1,4 +1,4 @@
-"""Bone target benchmark (issue 34): bone-surface accuracy of the bone reconstruction on full-body scans of the
+"""Bone target benchmark: bone-surface accuracy of the bone reconstruction on full-body scans of the
 bundled CT, against the CT's own bone surface, beside the full-volume pipeline and RTK.
 
     python benchmarks/bench_bone.py --out DIR [--cases T6,T8,T12,L1,T12-arc90] [--views 10,15,25,40]

@@ -1,4 +1,4 @@
-"""Bone alone or jointly with the full volume (issue 34): does the full line integral help the bone solve?
+"""Bone alone or jointly with the full volume: does the full line integral help the bone solve?
 
 The joint variant lets the bone volume explain the high-frequency part of the full line integrals:
 

@@ -1,4 +1,4 @@
-"""The bone target (issue 34) on a tiny spine-like phantom: the bone solve recovers a compact object's surface
+"""The bone target on a tiny spine-like phantom: the bone solve recovers a compact object's surface
 better than the full-volume path, pieces split and carry centroids and boxes, the quality gate marks a poorly
 covered piece, the bone channel's errors, and the `ixgs reconstruct --target` contract."""
 import json

@@ -37,7 +37,7 @@ def add_parser(sub):
     p.add_argument("--save-state", action="store_true", help="also save the whole engine state to OUT/state")
     p.add_argument("--no-navigation", action="store_true", help="skip meshes, renderings and the report page")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    # ---- bone target (issue 34)
+    # ---- bone target
     g = p.add_argument_group("bone target (bone.nii.gz, bone pieces and their confidence in navigation.json)")
     g.add_argument("--target", choices=["auto", "full", "bone", "both"], default="auto",
                    help="full: the attenuation volume (volume.nii.gz); bone: the bone volume from the scan's bone "

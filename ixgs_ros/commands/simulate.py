@@ -76,7 +76,7 @@ def add_parser(sub):
                         "'none' disables it)")
     g.add_argument("--ideal-bone", action="store_true",
                    help="full-body line integrals plus the ideal bone-only projections beside them (ideal/bone.npy, "
-                        "bone_gt.nii.gz): a scan for `ixgs reconstruct --target bone --bone-from-ideal` (issue 34)")
+                        "bone_gt.nii.gz): a scan for `ixgs reconstruct --target bone --bone-from-ideal`")
     g.add_argument("--no-preview", action="store_true", help="skip preview.png")
     g.add_argument("--quiet", action="store_true", help="no per-view progress")
     p.set_defaults(func=run)

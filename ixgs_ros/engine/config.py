@@ -107,7 +107,7 @@ class DensificationConfig:
     prune_density: float = 1e-4       # normalised density under which Gaussians are removed
 
 
-# ---- bone target (issue 34): its own section, read only by ixgs_ros.engine.bone / bone_solve ----------------
+# ---- bone target: its own section, read only by ixgs_ros.engine.bone / bone_solve ----------------
 @dataclass
 class BoneConfig:
     """The bone target (:mod:`ixgs_ros.engine.bone_solve`, :mod:`ixgs_ros.engine.bone`): a bone volume from
@@ -210,7 +210,7 @@ class EngineConfig:
     lattice: LatticeConfig = field(default_factory=LatticeConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     densification: DensificationConfig = field(default_factory=DensificationConfig)
-    bone: BoneConfig = field(default_factory=BoneConfig)  # the bone target (issue 34)
+    bone: BoneConfig = field(default_factory=BoneConfig)  # the bone target
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)  # pose self-calibration
 
     # ------------------------------------------------------------------ checks
@@ -272,7 +272,7 @@ class EngineConfig:
              "densification: interval >= 1, start >= 0, stop_fraction and fraction in [0, 1]")
         need(d.max_gaussians >= 1 and d.split_scale > 0 and d.prune_density >= 0,
              "densification: max_gaussians >= 1, split_scale > 0, prune_density >= 0")
-        self.bone.validate(need)  # the bone target's section (issue 34)
+        self.bone.validate(need)  # the bone target's section
         self.calibration.validate(need)
         return self
 
