@@ -44,6 +44,7 @@ __all__ = [
     "make_header",
     "stamp_to_sec",
     "matrix_to_pose",
+    "rigid_to_quaternion_metres",
     "pose_to_matrix",
     "rotation_to_quaternion",
     "quaternion_to_rotation",
@@ -137,13 +138,18 @@ def quaternion_to_rotation(x: float, y: float, z: float, w: float, norm_tol: flo
     return frames.quaternion_to_rotation(x, y, z, w, norm_tol=norm_tol, error=QuaternionError)
 
 
-def matrix_to_pose(T_mm) -> Pose:
-    """``geometry_msgs/Pose`` (metres) of a rigid 4x4 transform in millimetres."""
+def rigid_to_quaternion_metres(T_mm, what: str = "pose") -> tuple[tuple, list]:
+    """``((x, y, z, w), [tx, ty, tz] in metres)`` of a rigid 4x4 transform in millimetres; a matrix that is not
+    a finite 4x4 raises ConversionError naming ``what``. Shared by poses and tf transforms."""
     T = np.asarray(T_mm, dtype=np.float64)
     if T.shape != (4, 4) or not np.all(np.isfinite(T)):
-        raise ConversionError(f"pose must be a finite 4x4 matrix, got shape {T.shape}")
-    x, y, z, w = rotation_to_quaternion(T[:3, :3])
-    px, py, pz = (T[:3, 3] / MM_PER_M).tolist()
+        raise ConversionError(f"{what} must be a finite 4x4 matrix, got shape {T.shape}")
+    return rotation_to_quaternion(T[:3, :3]), (T[:3, 3] / MM_PER_M).tolist()
+
+
+def matrix_to_pose(T_mm) -> Pose:
+    """``geometry_msgs/Pose`` (metres) of a rigid 4x4 transform in millimetres."""
+    (x, y, z, w), (px, py, pz) = rigid_to_quaternion_metres(T_mm, "pose")
     return Pose(position=Point(x=px, y=py, z=pz), orientation=Quaternion(x=x, y=y, z=z, w=w))
 
 

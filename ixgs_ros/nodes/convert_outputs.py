@@ -29,7 +29,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ixgs_ros.msg import BoneMesh, BoneMeshes
 from ixgs_ros.nodes.convert import (INTERFACE_VERSION, MM_PER_M, ConversionError, _stage_value, array_to_image,
-                                    make_header, quaternion_to_rotation, rotation_to_quaternion, stamp_to_sec)
+                                    make_header, quaternion_to_rotation, rigid_to_quaternion_metres, stamp_to_sec)
 
 __all__ = ["pieces_to_markers", "pieces_to_bone_meshes", "bone_meshes_to_arrays", "cloud_to_msg", "msg_to_cloud",
            "slice_to_image", "matrix_to_transform", "transform_to_matrix", "tf_message", "tf_message_edges",
@@ -167,11 +167,7 @@ def slice_to_image(image, *, frame_id: str, stamp):
 
 # ------------------------------------------------------------------------------------------------ tf
 def matrix_to_transform(T_mm) -> Transform:
-    T = np.asarray(T_mm, dtype=np.float64)
-    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
-        raise ConversionError(f"transform must be a finite 4x4 matrix, got shape {T.shape}")
-    x, y, z, w = rotation_to_quaternion(T[:3, :3])
-    tx, ty, tz = (T[:3, 3] / MM_PER_M).tolist()
+    (x, y, z, w), (tx, ty, tz) = rigid_to_quaternion_metres(T_mm, "transform")
     return Transform(translation=Vector3(x=tx, y=ty, z=tz), rotation=Quaternion(x=x, y=y, z=z, w=w))
 
 
