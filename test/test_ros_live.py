@@ -32,6 +32,7 @@ TINY_RECONSTRUCTION = {
     "min_views": "8", "iterations": "15", "status_rate_hz": "10.0", "volume_publish_period_s": "30.0",
     "engine_overrides": "[init.solver=torch,init.passes=3,exterior.passes=null,init.tv_weight=0.01,"
                         "init.tv_weight_final=null,seed=1]",
+    "refine_poses": "off",
     "mesh_threshold_hu": "600.0", "cloud_threshold_hu": "600.0", "mesh_smooth_iterations": "0",
 }
 
@@ -54,7 +55,12 @@ def test_ixgs_live_starts_what_the_launch_file_starts(tmp_path):
     assert Path(*consts["PARAMS_FILE"]) == live.default_params_file().relative_to(ROOT)
     launch_src = (ROOT / "launch" / "ixgs.launch.py").read_text()
     assert "parameters=[params_file]" in launch_src and "executable=name, name=name, namespace=namespace" in launch_src
-    args = Namespace(scan=str(tmp_path), bag=None, no_player=False, params=None, namespace="ixgs", out=None,
+    from ixgs_ros.core.scan import Scan
+
+    views, images = sphere_scan(2, size=16, seed=0)
+    Scan(views, images).save(tmp_path / "ideal")
+    Scan(views, 30000.0 * np.exp(-images), image_kind="raw").save(tmp_path / "raw")
+    args = Namespace(scan=str(tmp_path / "ideal"), bag=None, no_player=False, params=None, namespace="ixgs", out=None,
                      rate=None, raw_i0=30000.0, grid_from_scan=False, set=[], duration=None, export_bag=None)
     cmds = live.build_commands(args)
     assert list(cmds) == [*consts["NODES"], consts["PLAYER"]]
@@ -66,7 +72,11 @@ def test_ixgs_live_starts_what_the_launch_file_starts(tmp_path):
         exe = cmd[: cmd.index("--ros-args")]
         module = entry[name].split(":")[0]
         assert exe in ([str(Path(sys.executable).parent / name)], [sys.executable, "-m", module]), exe
-    assert cmds["scan_player_node"][-4:] == ["-p", f"scan_dir:={tmp_path}", "-p", "raw_i0:=30000.0"]
+    assert cmds["scan_player_node"][-4:] == ["-p", f"scan_dir:={tmp_path / 'ideal'}", "-p", "raw_i0:=30000.0"]
+    # counts of exact line integrals are standardized by the plain log; a raw scan keeps the file's method
+    assert cmds["standardize_node"][-2:] == ["-p", "method:=log"]
+    raw = live.build_commands(Namespace(**{**vars(args), "scan": str(tmp_path / "raw")}))
+    assert not any(a.startswith("method:=") for a in raw["standardize_node"])
     with pytest.raises(ValueError, match="expected NODE.PARAM=VALUE"):
         live.build_commands(Namespace(**{**vars(args), "set": ["min_views=3"]}))
 

@@ -54,7 +54,9 @@ def add_parser(sub):
     p.add_argument("--out", help="keep the shot record, state, outputs and snapshots under this folder")
     p.add_argument("--rate", type=float, default=None, help="shots per second of the scan player")
     p.add_argument("--raw-i0", type=float, default=30000.0,
-                   help="scan: play detector counts round(I0 exp(-p)) (default 30000; 0 = line integrals)")
+                   help="scan: play detector counts round(I0 exp(-p)) (default 30000; 0 = line integrals); counts "
+                        "of a line-integral scan are standardized by -ln(I/I0), a raw scan's by the parameter file's "
+                        "method")
     p.add_argument("--grid-from-scan", action=argparse.BooleanOptionalAction, default=True,
                    help="scan: reconstruct on the scan's ROI grid (size, spacing, centre; default yes)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
@@ -87,6 +89,12 @@ def _scan_grid(scan_dir: str) -> dict:
             "volume_center_mm": [round(float(c), 4) for c in grid.center]}
 
 
+def _scan_kind(scan_dir: str) -> str:
+    from ixgs_ros.core.scan import Scan
+
+    return Scan.load(scan_dir).image_kind
+
+
 def _ros_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -111,6 +119,11 @@ def build_commands(args) -> dict[str, list[str]]:
             overrides[PLAYER]["rate_hz"] = float(args.rate)
         if args.raw_i0 <= 0:
             overrides["xray_ingest_node"]["image_kind"] = "line_integral"
+        elif _scan_kind(args.scan) == "line_integral":
+            # Counts made from exact line integrals follow Beer-Lambert with no scatter or vendor processing:
+            # -ln(I/I0) gives the scan back, where the standardization model (trained for real-style images)
+            # would change it. A raw (real-style) scan keeps the parameter file's method.
+            overrides["standardize_node"]["method"] = "log"
         if args.grid_from_scan:
             overrides["reconstruction_node"].update(_scan_grid(args.scan))
     if args.bag:

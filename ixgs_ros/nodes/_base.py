@@ -49,15 +49,29 @@ def declare_parameters(node: Node, spec: ParameterSpec) -> dict[str, Any]:
     parameter, which :func:`run_node` reports in one line."""
     values = {}
     for name, (default, description) in spec.items():
+        # A string parameter accepts a YAML boolean: ROS reads a bare off/on/yes/no/true/false as one, so
+        # ``refine_poses:=off`` would otherwise be refused as a BOOL; it becomes the word "off" / "on".
+        words = isinstance(default, str)
         try:
-            node.declare_parameter(name, default, ParameterDescriptor(description=description))
+            node.declare_parameter(name, default, ParameterDescriptor(description=description, dynamic_typing=words))
         except ParameterException as exc:
             raise ValueError(f"parameter {name}: {exc}") from None
         try:
             values[name] = node.get_parameter(name).value
         except ParameterUninitializedException:
             values[name] = None
+        if words and not isinstance(values[name], str):
+            values[name] = _as_word(name, values[name])
+            node.set_parameters([Parameter(name, Parameter.Type.STRING, values[name])])
     return values
+
+
+def _as_word(name: str, value: Any) -> str:
+    """The string a string parameter means by a non-string value: a boolean is "on" / "off"; anything else is
+    refused, naming the parameter."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    raise ValueError(f"parameter {name}: expected a string, got {value!r} ({type(value).__name__})")
 
 
 def shot_qos(reliability: str, depth: int = SHOT_QUEUE_DEPTH) -> QoSProfile:
