@@ -50,6 +50,7 @@ CI_SCENARIO = [("ingest", "ingestion"), ("reconstruction", "optimisation")]
 TINY = ["-p", "volume_size:=[16,16,16]", "-p", "voxel_size_mm:=2.5", "-p", "volume_center_mm:=[0.0,0.0,0.0]",
         "-p", "device:=cpu", "-p", "iterations:=150", "-p", "status_rate_hz:=10.0",
         "-p", "volume_publish_period_s:=30.0", "-p", "outputs:=['']", "-p", "reinit_growth:=0.0",
+        "-p", "refine_poses:=off",
         "-p", "engine_overrides:=[init.solver=torch,init.passes=3,exterior.passes=null,init.tv_weight=0.01,"
               "init.tv_weight_final=null,seed=1]"]
 

@@ -21,7 +21,8 @@ from ixgs_ros.outputs.bone_gate import GateConfig, angular_coverage
 #: small pass counts for 32^3 scenes (the defaults are tuned for 128^3 at 1 mm and take minutes)
 BONE_SMALL = {"bone.coarse_passes": 8, "bone.fine_passes": 4, "bone.pass_views": 0}
 FULL_SMALL = {"init.passes": 8, "init.pass_views": 0, "exterior.passes": 8, "exterior.levels": 1,
-              "exterior.refine_passes": 4, "lattice.cg_iterations": 10, "optimiser.tv_size": 8, "iterations": 1}
+              "exterior.refine_passes": 4, "lattice.cg_iterations": 10, "optimiser.tv_size": 8, "iterations": 1,
+              "calibration.mode": "off"}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def bone_result(scene):
     return rec
 
 
+@pytest.mark.slow  # a quality comparison (the full-volume solve takes half a minute); bench_bone measures it
 def test_bone_target_recovers_the_surface_better_than_the_full_volume(scene, bone_result):
     views, full, _, truth, _ = scene
     bone_vol = bone_result.volume()

@@ -439,16 +439,18 @@ def test_reconstruction_node_reconstructs_a_sphere_live_and_restores_its_state(r
     state_dir = tmp_path / "state"
     center = [2.5, -2.5, 0.0]
     iterations, refine = 20, 5
-    # tiny and fast: 16³ at 2.5 mm, the default RTK init with 3 TV-SART passes at a constant TV weight (as
-    # test_engine.small_config: the default decaying schedule is tuned for 24+ passes on 128³)
+    # tiny and fast: 16³ at 2.5 mm, the torch init (no ITK to load at each of the node's three starts) with 3
+    # TV-SART passes at a constant TV weight (as test_engine.small_config: the default decaying schedule is
+    # tuned for 24+ passes on 128³); no pose self-calibration (a featureless sphere; it has its own tests)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
         "volume_size": [16, 16, 16], "voxel_size_mm": 2.5, "volume_center_mm": center, "device": "cpu",
         "iterations": iterations, "refine_iterations": refine, "min_views": 7, "heldout_views": 1,
         "status_rate_hz": 10.0, "volume_publish_period_s": 30.0, "state_dir": str(state_dir),
-        "engine_overrides": ["init.passes=3", "exterior.passes=null", "exterior.refine_passes=2",
-                             "init.tv_weight=0.01", "init.tv_weight_final=null",
+        "engine_overrides": ["init.solver=torch", "init.passes=3", "exterior.passes=null",
+                             "exterior.refine_passes=2", "init.tv_weight=0.01", "init.tv_weight_final=null",
                              "optimiser.lr_density=1e-2", "optimiser.tv_size=8", "seed=3"],
+        "refine_poses": "off",
     }}}))
     grid = Grid.centered(16, 2.5, center)
     views, images = sphere_scan(12)
@@ -577,9 +579,10 @@ def test_reconstruction_node_previews_and_shows_the_init_stage_and_stops_it_at_s
     params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
         "volume_size": [16, 16, 16], "voxel_size_mm": 2.5, "device": "cpu", "min_views": 6,
         "status_rate_hz": 20.0, "state_dir": str(state_dir),
-        "engine_overrides": ["init.passes=3", "exterior.passes=null", "init.tv_weight=0.01",
+        "engine_overrides": ["init.solver=torch", "init.passes=3", "exterior.passes=null", "init.tv_weight=0.01",
                              "init.tv_weight_final=null", "lattice.cg_iterations=1000000",
                              "lattice.nonneg_rounds=0"],
+        "refine_poses": "off",
     }}}))
     grid = Grid.centered(16, 2.5, (0.0, 0.0, 0.0))
     views, images = sphere_scan(6)
