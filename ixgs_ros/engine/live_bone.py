@@ -307,7 +307,9 @@ class LiveBoneTarget:
                                                 f"{len(self._final[0])} training views (xray_views_bone)")
             if self.target == "both" and n_bone == 0 and state == "idle":
                 state, detail = "waiting", "no bone views received (xray_views_bone)"
-        text = {"off": "off (target full)", "idle": "no bone views yet" if self.target == "auto" else "idle",
+        idle = (f"{n_bone} bone views, waiting for a final volume" if n_bone else
+                "no bone views yet" if self.target == "auto" else "idle")
+        text = {"off": "off (target full)", "idle": idle,
                 "running": f"running ({detail})", "done": f"done ({detail})" if detail else "done",
                 "failed": f"failed: {detail}", "waiting": detail}[state]
         return {"target": self.target, "state": state, "message": text, "bone_views": n_bone,
