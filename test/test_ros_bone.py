@@ -87,8 +87,11 @@ def test_reconstruction_node_publishes_the_bone_target(ros_env, tmp_path):
         far = ~binary_dilation(truth > 0, iterations=2)
         assert np.median(mu[truth > 0.5 * bp.BONE]) > level and float(np.abs(mu[far]).mean()) < 0.02 * level
         # meshes of the bone volume (they replace the full volume's), with the gate on bone_navigation
-        assert spin_until(lambda: got["bone_meshes"] and got["bone_meshes"][-1].header.stamp == vol.header.stamp)
+        # (the full volume's meshes, labelled piece_<k>, carry the same stamp and come first)
+        assert spin_until(lambda: got["bone_meshes"] and got["bone_meshes"][-1].pieces
+                          and got["bone_meshes"][-1].pieces[0].label.startswith("bone-"))
         meshes = got["bone_meshes"][-1]
+        assert meshes.header.stamp == vol.header.stamp and list(meshes.view_ids) == ids
         nav = json.loads(got["bone_navigation"][-1].data)
         assert len(meshes.pieces) >= 3 and [p["id"] for p in nav["pieces"]] == [p.id for p in meshes.pieces]
         assert [p["label"] for p in nav["pieces"]] == [p.label for p in meshes.pieces]

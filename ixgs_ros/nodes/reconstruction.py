@@ -352,10 +352,11 @@ class ReconstructionNode(Node):
     # ------------------------------------------------------------------------------------ status, volume
     def node_status(self) -> dict:
         """The ``status_to_msg`` dict of the node's current state (no engine call); its message ends with the bone
-        target's state unless the target is full."""
+        target's state unless the target is full (or auto and no bone view came)."""
         st = dict(self.runner.status())
         bone = self.bone.status()
-        if bone["state"] != "off":
+        if bone["state"] != "off" and not (bone["target"] == "auto" and bone["state"] == "idle"
+                                           and not bone["bone_views"]):
             st["message"] = f"{st.get('message', '')}; bone target: {bone['message']}".lstrip("; ")
         return st
 
