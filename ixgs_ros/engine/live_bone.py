@@ -291,7 +291,13 @@ class LiveBoneTarget:
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        return self._pool.submit(run_bone_job, self.grid, self.config, views, images).result()
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(run_bone_job, self.grid, self.config, views, images).result()
+        except BrokenProcessPool:
+            self._pool = None  # the child died (e.g. out of memory): the next run starts a new one
+            raise
 
     # ------------------------------------------------------------------------------ status, reset, close
     def status(self) -> dict:
