@@ -336,6 +336,7 @@ def test_node_rejects_bad_parameter(ros_env, module, arg, error):
     ("engine_overrides:=[init.solver=magic]", "error: engine configuration: init.solver must be one of 'auto', "
                                              "'rtk', 'torch', got 'magic'"),
     ("reinit_growth:=0.5", "error: reinit_growth must be 0 (never) or > 1, got 0.5"),
+    ("target:=bone", "error: target must be 'auto', 'full' or 'both', got 'bone'"),
 ])
 def test_reconstruction_node_rejects_bad_parameters(ros_env, arg, error):
     proc = start_node("reconstruction", ros_env, "-p", arg)

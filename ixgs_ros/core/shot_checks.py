@@ -36,6 +36,8 @@ REASONS = {
     "record": "the shot could not be written to the shot record",
     "i0": "a raw image whose i0 lies below most of its pixels (no attenuation to compute)",
     "no_signal": "a raw image with (almost) no signal: 90 % or more of its pixels at 0 or below",
+    "bone_image": "a bone-only view (xray_views_bone) whose image is not finite or not of its detector's size",
+    "bone_mismatch": "a bone-only view whose size, intrinsics or pose differ from its line-integral view's",
 }
 
 DEFAULT_MAX_SATURATED_FRACTION = 0.25

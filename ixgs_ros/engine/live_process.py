@@ -98,7 +98,7 @@ class ThreadRunner:
         self.info = _info(self.session)
         self._thread = threading.Thread(target=self.session.run, name="ixgs_reconstruction", daemon=True)
         self._thread.start()
-        if preload_rtk and not self.info["initialised"]:
+        if preload_rtk and config.init.solver != "torch" and not self.info["initialised"]:
             threading.Thread(target=_preload_rtk, args=(self.session.log,), name="ixgs_rtk_preload",
                              daemon=True).start()
 
@@ -269,7 +269,9 @@ class ProcessRunner:
                                       pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send((grid, config, live, str(state_dir) if state_dir else None, preload_rtk))
+        # the torch solver needs no RTK (its wrappers load for 10-20 s holding the interpreter lock)
+        self._conn.send((grid, config, live, str(state_dir) if state_dir else None,
+                         preload_rtk and config.init.solver != "torch"))
         self._send_lock = threading.Lock()
         self._status: dict = {}
         self._meta: dict = {}

@@ -8,6 +8,10 @@ latest volume and never pile up. Every output topic is latched (reliable, transi
 subscriber that comes later gets the outputs of the last volume at once. Each output message carries the
 Volume's stamp, so a consumer can tell which volume it belongs to.
 
+Once the bone target (:mod:`.recon_bone`) has published a bone volume, ``bone_markers``, ``bone_meshes`` and
+``bone_cloud`` come from the bone volumes only (:meth:`OutputPublisher.publish_bone`) until a reset; the MPR
+slices stay the full volume's.
+
 Topics (relative): ``bone_markers`` (visualization_msgs/MarkerArray), ``bone_meshes`` (ixgs_ros/BoneMeshes),
 ``bone_cloud`` (sensor_msgs/PointCloud2), ``mpr/axial``, ``mpr/coronal``, ``mpr/sagittal`` (sensor_msgs/Image
 32FC1, mu in 1/mm); and ``/tf_static`` (world_frame <- volume_frame).
@@ -65,6 +69,8 @@ class OutputPublisher:
         self._cond = threading.Condition()
         self._next = None           # (snapshot, stamp): the newest volume waiting for its outputs
         self._stop = False
+        self.bone_active = False    # the bone target owns bone_markers / bone_meshes / bone_cloud
+        self._publish_lock = threading.Lock()
         self.latest = None          # (snapshot, stamp, LiveOutputs) of the last outputs published
         self.published = 0
         self.skipped = 0
@@ -95,6 +101,8 @@ class OutputPublisher:
         with self._cond:
             self._next = None
             self.latest = None
+        with self._publish_lock:
+            self.bone_active = False
         stamp = self.node.get_clock().now().to_msg()
         self.pub_markers.publish(co.pieces_to_markers([], frame_id=self.world_frame, stamp=stamp))
         self.pub_meshes.publish(co.pieces_to_bone_meshes([], frame_id=self.world_frame, stamp=stamp))
@@ -126,6 +134,8 @@ class OutputPublisher:
                     return
                 (snap, stamp, t_in), self._next = self._next, None
                 config, kinds = self.config, self.kinds
+            if self.bone_active:
+                kinds = tuple(k for k in kinds if k not in ("mesh", "cloud"))
             try:
                 outputs = self.compute(snap, config, kinds)
                 if self._stop:
@@ -145,6 +155,19 @@ class OutputPublisher:
                                                  self.kinds if kinds is None else kinds)
 
     def _publish(self, snap, stamp, out: live_outputs.LiveOutputs, config, kinds) -> None:
+        with self._publish_lock:
+            if self.bone_active:
+                kinds = tuple(k for k in kinds if k not in ("mesh", "cloud"))
+            self._publish_unlocked(snap, stamp, out, config, kinds)
+
+    def publish_bone(self, snap, stamp, out: live_outputs.LiveOutputs, config, kinds) -> None:
+        """The meshes and cloud of a bone volume (``snap``: its stage, view ids, iteration); from now on the full
+        volumes' meshes and cloud are no longer published."""
+        with self._publish_lock:
+            self.bone_active = True
+            self._publish_unlocked(snap, stamp, out, config, tuple(k for k in kinds if k in ("mesh", "cloud")))
+
+    def _publish_unlocked(self, snap, stamp, out: live_outputs.LiveOutputs, config, kinds) -> None:
         frame = self.world_frame
         if "mpr" in kinds:
             for name, (image, _) in out.slices.items():

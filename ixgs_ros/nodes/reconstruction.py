@@ -15,6 +15,12 @@ Interface (topic names are relative, so a namespace or remapping places them; de
   ``header.frame_id`` other than ``world_frame``, an id already accepted, the content of an accepted view under
   another id, and views the engine refuses. A refusal never drops what was accepted before. The first
   ``heldout_views`` accepted views are only scored (``heldout_psnr_2d``).
+* subscribes ``xray_views_bone`` (the bone-only line integrals of the same view ids; not with ``target: full``)
+  and publishes ``bone_volume`` and ``bone_navigation`` (:mod:`.recon_bone`): after each final volume whose
+  training views all have their bone image, the bone target runs off the critical path, and from then on
+  ``bone_markers``, ``bone_meshes`` and ``bone_cloud`` come from the bone volume (with the gate's per-piece
+  confidence on ``bone_navigation``). Bone images are refused, counted and logged as views are (plus
+  ``bone_image``, ``bone_mismatch``) and kept under ``state_dir``.
 * with ``record_dir`` (the ingest node's shot record) it takes up, at start and every ``takeup_period_s``, the
   recorded shots it has not received (:class:`ixgs_ros.engine.live_takeup.RecordTakeUp`), standardized with
   ``takeup_i0`` / ``takeup_downsample`` (set them as standardize_node's ``i0`` / ``downsample``).
@@ -48,12 +54,11 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
-from ixgs_ros.core.shot_checks import (DEFAULT_MAX_FUTURE_S, line_integral_dtype_reason, stamp_reason,
-                                       view_id_problem)
+from ixgs_ros.core.shot_checks import DEFAULT_MAX_FUTURE_S
 from ixgs_ros.msg import ReconstructionStatus, Volume, XrayView
 from ixgs_ros.nodes import convert as cv
-from ixgs_ros.nodes._base import (Diagnostics, declare_parameters, guard_parameters, latched_qos, now_s, run_node,
-                                  shot_qos)
+from ixgs_ros.nodes._base import Diagnostics, declare_parameters, guard_parameters, latched_qos, run_node, shot_qos
+from ixgs_ros.nodes.recon_bone import BoneTargetPublisher, check_view_message
 from ixgs_ros.nodes.recon_outputs import OutputPublisher
 from ixgs_ros.srv import SaveSnapshot
 
@@ -116,6 +121,9 @@ PARAMETERS = {
     "mpr_max_size": (256, "MPR images have at most this many pixels a side"),
     "output_dir": ("", "Folder for files of the latest outputs (bone.ply, named in bone_meshes.ply_path); '' = "
                        "none"),
+    "target": ("auto", "Bone target (as ixgs reconstruct --target): auto = run it when bone views arrive on "
+                       "xray_views_bone (after each final volume whose training views all have theirs), both = "
+                       "always (the status says which bone views are missing), full = never (no subscription)"),
     "snapshot_root": ("~/.ros/ixgs_snapshots", "save_snapshot writes its folders below this directory"),
 }
 #: Parameters a running node takes without a restart.
@@ -206,6 +214,8 @@ def check_parameter(name: str, value, params: dict) -> str | None:
             return f"{name} must not be empty"
         elif name == "refine_poses" and value not in ("auto", "on", "off"):
             return f"refine_poses must be 'auto', 'on' or 'off', got {value!r}"
+        elif name == "target" and value not in ("auto", "full", "both"):
+            return f"target must be 'auto', 'full' or 'both', got {value!r}"
         elif name == "qos_reliability" and value not in ("reliable", "best_effort"):
             return f"qos_reliability must be 'reliable' or 'best_effort', got {value!r}"
     except (ValueError, TypeError) as exc:
@@ -255,6 +265,10 @@ class ReconstructionNode(Node):
                                   state_dir=Path(state_dir).expanduser() if state_dir else None,
                                   on_volume=self._publish_volume, log=self._log)
         self.config = self.runner.info["config"]
+        self.bone = BoneTargetPublisher(self, self.grid, self.config, target=str(p["target"]), outputs=self.outputs,
+                                        state_dir=Path(state_dir).expanduser() if state_dir else None,
+                                        process=bool(p["worker_process"]), reject=self.runner.reject,
+                                        qos_reliability=p["qos_reliability"], log=self._log)
         self.takeup = None
         self._stop = threading.Event()
         if str(p["record_dir"]).strip():
@@ -319,31 +333,12 @@ class ReconstructionNode(Node):
         """Check and convert a view and queue it in the session. Never touches the engine."""
         vid = msg.view_id
         name = self.runner.next_name(vid)
-        refuse = self.runner.reject
-        bad = stamp_reason(cv.stamp_to_sec(msg.header.stamp), now_s(self), self.params["max_future_s"],
-                           nanosec=msg.header.stamp.nanosec)
+        view, image, bad = check_view_message(self, msg, name, max_future_s=self.params["max_future_s"],
+                                              world_frame=self.world_frame)
         if bad:
-            return refuse(bad[0], name, bad[1])
-        bad = view_id_problem(vid)
-        if bad:
-            return refuse(bad[0], name if bad[0] == "empty_id" else f"{vid[:40]!r}...", bad[1])
-        try:
-            view = cv.xray_view_to_view(msg)
-            image = cv.xray_view_image(msg)
-        except cv.QuaternionError as exc:
-            return refuse("quaternion", name, f"source_pose: {exc}")
-        except cv.ConversionError as exc:
-            return refuse("conversion", name, str(exc))
-        if msg.image_kind != XrayView.IMAGE_KIND_LINE_INTEGRAL:
-            return refuse("image_kind", name, f"image_kind {msg.image_kind} is not IMAGE_KIND_LINE_INTEGRAL "
-                                              f"({XrayView.IMAGE_KIND_LINE_INTEGRAL}); raw images go through "
-                                              "standardize_node first")
-        why = line_integral_dtype_reason(image.dtype)
-        if why:
-            return refuse("encoding", name, f"{why} (encoding {msg.image.encoding})")
-        if msg.header.frame_id != self.world_frame:
-            return refuse("frame", name, f"header.frame_id {msg.header.frame_id!r} is not the world_frame "
-                                         f"{self.world_frame!r}")
+            return self.runner.reject(*bad)
+        if not self.runner.knows(vid):  # a duplicate id must not replace the geometry its bone image is checked on
+            self.bone.note_view(vid, view, image)
         self.runner.submit(vid, view, image, name=name)
 
     def _takeup_loop(self) -> None:
@@ -356,8 +351,14 @@ class ReconstructionNode(Node):
 
     # ------------------------------------------------------------------------------------ status, volume
     def node_status(self) -> dict:
-        """The ``status_to_msg`` dict of the node's current state (no engine call)."""
-        return self.runner.status()
+        """The ``status_to_msg`` dict of the node's current state (no engine call); its message ends with the bone
+        target's state unless the target is full (or auto and no bone view came)."""
+        st = dict(self.runner.status())
+        bone = self.bone.status()
+        if bone["state"] != "off" and not (bone["target"] == "auto" and bone["state"] == "idle"
+                                           and not bone["bone_views"]):
+            st["message"] = f"{st.get('message', '')}; bone target: {bone['message']}".lstrip("; ")
+        return st
 
     def _publish_status(self) -> None:
         now = time.monotonic()
@@ -379,6 +380,7 @@ class ReconstructionNode(Node):
                                view_ids=snap.view_ids, iteration=snap.iteration)
         self.volume_pub.publish(msg)
         self.outputs.submit(snap, stamp)
+        self.bone.on_volume(snap, stamp)
 
     def _diagnostics(self):
         st = self.node_status()
@@ -389,13 +391,16 @@ class ReconstructionNode(Node):
                   "outputs_latency_s": self.outputs.last_latency_s, "status_max_gap_s": self.max_status_gap_s,
                   **{f"outputs_s.{k}": v for k, v in self.outputs.last_seconds.items()},
                   **{f"rejected.{k}": v for k, v in rejected.items()}}
+        values.update(self.bone.diagnostics())
         if self.takeup is not None:
             values["taken_up_from_record"] = self.takeup.taken_up
         poses = st.get("pose_calibration") or {}
         values.update({f"pose_calibration.{k}": v if k != "flagged_view_ids" else ",".join(v)
                        for k, v in poses.items()})
-        level = "error" if st.get("state") == "error" else ("warn" if rejected or poses.get("flagged_view_ids")
-                                                            else "ok")
+        bone_warn = values["bone_target.state"] == "failed" or (values["bone_target"] == "both"
+                                                                and values["bone_target.state"] == "waiting")
+        level = "error" if st.get("state") == "error" else (
+            "warn" if rejected or poses.get("flagged_view_ids") or bone_warn else "ok")
         return level, st.get("message", ""), values
 
     # ------------------------------------------------------------------------------------ services
@@ -406,6 +411,7 @@ class ReconstructionNode(Node):
         done = self.runner.reset(timeout=60.0, meta=meta)
         if done:
             self.outputs.clear()
+            self.bone.reset()
         response.success = bool(done)
         response.message = ("reset: every view dropped; a new reconstruction starts with the next view" if done else
                             "reset requested; it happens when the running step ends (more than 60 s away)")
@@ -430,6 +436,7 @@ class ReconstructionNode(Node):
         self._stop.set()
         self.runner.close(log_wait=lambda: self._log("info", "waiting for the running optimisation chunk to end"))
         self.outputs.stop()
+        self.bone.close()
         self._log("info", f"reconstruction stopped and saved in {time.monotonic() - t0:.1f} s")
         return super().destroy_node()
 
