@@ -114,7 +114,13 @@ class BoneTargetPublisher:
         self.pub_volume.publish(cv.volume_to_msg(run.mu, self.grid, frame_id=frame, stamp=stamp, stage="final",
                                                  view_ids=run.view_ids, iteration=iteration))
         snap = VolumeSnapshot(run.mu, "final", "bone volume", tuple(run.view_ids), int(iteration))
-        self.outputs.publish_bone(snap, stamp, out, config, kinds)
+        if out.pieces or "mesh" not in kinds:
+            self.outputs.publish_bone(snap, stamp, out, config, kinds)
+        else:
+            # A bone volume with no surface at the mesh level (e.g. a weak bone channel) must not blank the
+            # meshes a planner already has: those of the full volume stay, and the log says why.
+            self.node.get_logger().warning("bone target: the bone volume has no surface at "
+                                           f"{config.mesh_threshold_hu:g} HU; bone meshes stay the full volume's")
         doc = {"stamp": {"sec": int(stamp.sec), "nanosec": int(stamp.nanosec)}, "frame_id": frame,
                "view_ids": list(run.view_ids), "iteration": int(iteration), "volume_topic": "bone_volume",
                "seconds": run.seconds, **nav}
