@@ -171,6 +171,9 @@ def stream(duration: float = 60.0, rate: float = 30.0, size: int = 512, still_s:
             st = status[-1] if status else None
             return (d.get("waiting_images") == "0" and st is not None
                     and st.views_used + st.views_rejected >= int(d.get("frames.views", 0)))
+        # the ingest node's diagnostics come once a second: wait for one sent after the last frame before
+        # comparing its view count with the reconstruction's (an older one undercounts the views)
+        probe.spin_for(1.5)
         probe.spin_until(views_done, 60.0)
         probe.spin_for(2.0)  # the last diagnostics
         d = diag()
