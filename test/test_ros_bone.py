@@ -121,3 +121,70 @@ def test_reconstruction_node_publishes_the_bone_target(ros_env, tmp_path):
         outs.append(out)
         rclpy.shutdown(context=ctx)
     assert "Traceback" not in "".join(outs), "".join(outs)
+
+
+def test_a_bone_volume_without_a_surface_leaves_the_full_volumes_meshes(ros_env, tmp_path):
+    """A weak bone channel (the phantom's bone line integrals at 0.1 times their value: the bone solve finds no
+    bone) still gives a bone_volume, but the bone meshes stay those of the full volume (the mesh level here is
+    -200 HU, so that the tiny, blurred full volume has a surface: its soft tissue)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
+
+    from ixgs_ros.msg import BoneMeshes, ReconstructionStatus, Volume, XrayView
+    from ixgs_ros.nodes import convert as cv
+
+    ns = "/ixgs_bone_weak"
+    n = 12
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
+        "volume_size": [32, 32, 32], "voxel_size_mm": 2.0, "volume_center_mm": [0.0, 0.0, 0.0], "device": "cpu",
+        "iterations": 5, "refine_iterations": 0, "min_views": n, "status_rate_hz": 10.0,
+        "volume_publish_period_s": 60.0,
+        "engine_overrides": ["init.solver=torch", "init.passes=2", "init.pass_views=0", "init.solve_max_voxels=32768",
+                             "exterior.passes=2", "exterior.levels=1", "exterior.refine_passes=0",
+                             "lattice.cg_iterations=10", "optimiser.tv_size=8", "seed=1",
+                             "bone.coarse_passes=8", "bone.fine_passes=4", "bone.pass_views=0"],
+        "refine_poses": "off", "outputs": ["mesh"], "mesh_smooth_iterations": 0, "mesh_threshold_hu": -200.0,
+    }}}))
+    vs, full, bone, _, _ = bp.scene(n=n, arc=160.0, width=40)
+    now = time.time()
+    msgs = [(False, cv.view_to_xray_view(v, im, view_id=f"shot_{k:02d}", stamp=now)) for k, (v, im) in
+            enumerate(zip(vs, full))]
+    msgs += [(True, cv.view_to_xray_view(v, 0.1 * im, view_id=f"shot_{k:02d}", stamp=now)) for k, (v, im) in
+             enumerate(zip(vs, bone))]
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    proc = start_node("reconstruction", ros_env, "-r", f"__ns:={ns}", "--params-file", str(params))
+    out = ""
+    try:
+        node = rclpy.create_node("ixgs_bone_weak_probe", context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(node)
+        got = {"status": [], "bone_volume": [], "bone_meshes": []}
+        node.create_subscription(ReconstructionStatus, f"{ns}/reconstruction_status", got["status"].append, 10)
+        node.create_subscription(Volume, f"{ns}/bone_volume", got["bone_volume"].append, latched)
+        node.create_subscription(BoneMeshes, f"{ns}/bone_meshes", got["bone_meshes"].append, latched)
+        pub = node.create_publisher(XrayView, f"{ns}/xray_views", 100)
+        pub_bone = node.create_publisher(XrayView, f"{ns}/xray_views_bone", 100)
+        spin_until = spinner(executor, 90.0, 0.05)
+        assert spin_until(lambda: pub.get_subscription_count() and pub_bone.get_subscription_count()
+                          and got["status"]), "reconstruction_node did not come up"
+        for is_bone, m in msgs:
+            (pub_bone if is_bone else pub).publish(m)
+            spin_until(lambda: False, timeout=0.02)
+        assert spin_until(lambda: got["bone_volume"] and got["status"]
+                          and "bone target: done" in got["status"][-1].message), (
+            f"no bone volume: {got['status'][-1].message if got['status'] else None}; {stop(proc)[1]}")
+        spin_until(lambda: False, timeout=1.0)
+        mu, _ = cv.msg_to_volume(got["bone_volume"][-1])
+        assert mu.shape == (32, 32, 32) and float(mu.max()) < 0.2 * bp.BONE  # published, no bone in it
+        pieces = got["bone_meshes"][-1].pieces if got["bone_meshes"] else []
+        assert pieces and all(p.label.startswith("piece_") for p in pieces), [p.label for p in pieces]
+    finally:
+        rc, out = stop(proc)
+        rclpy.shutdown(context=ctx)
+    assert rc == 0 and "Traceback" not in out, out
+    assert "bone meshes stay the full volume's" in out, out
