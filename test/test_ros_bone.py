@@ -17,6 +17,22 @@ from test_ros_nodes import ros_env, spinner, start_node, stop  # noqa: F401 (ros
 pytestmark = pytest.mark.ros
 
 
+def write_params(tmp_path, n: int, extra: dict):
+    """The node's parameter file: the full target as small as it goes (its volume only has to be final), the bone
+    target as test_bone's, ``extra`` on top."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
+        "volume_size": [32, 32, 32], "voxel_size_mm": 2.0, "volume_center_mm": [0.0, 0.0, 0.0], "device": "cpu",
+        "iterations": 5, "refine_iterations": 0, "min_views": n, "status_rate_hz": 10.0,
+        "volume_publish_period_s": 60.0, "refine_poses": "off", "mesh_smooth_iterations": 0,
+        "engine_overrides": ["init.solver=torch", "init.passes=2", "init.pass_views=0", "init.solve_max_voxels=32768",
+                             "exterior.passes=2", "exterior.levels=1", "exterior.refine_passes=0",
+                             "lattice.cg_iterations=10", "optimiser.tv_size=8", "seed=1",
+                             "bone.coarse_passes=8", "bone.fine_passes=4", "bone.pass_views=0"],
+        **extra}}}))
+    return params
+
+
 def test_reconstruction_node_publishes_the_bone_target(ros_env, tmp_path):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -30,18 +46,8 @@ def test_reconstruction_node_publishes_the_bone_target(ros_env, tmp_path):
 
     ns = "/ixgs_bone"
     n = 12
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
-        "volume_size": [32, 32, 32], "voxel_size_mm": 2.0, "volume_center_mm": [0.0, 0.0, 0.0], "device": "cpu",
-        "iterations": 5, "refine_iterations": 0, "min_views": n, "status_rate_hz": 10.0,
-        "volume_publish_period_s": 60.0, "state_dir": str(tmp_path / "state"), "output_dir": str(tmp_path / "out"),
-        # the full target as small as it goes (its volume only has to be final), the bone target as test_bone's
-        "engine_overrides": ["init.solver=torch", "init.passes=2", "init.pass_views=0", "init.solve_max_voxels=32768",
-                             "exterior.passes=2", "exterior.levels=1", "exterior.refine_passes=0",
-                             "lattice.cg_iterations=10", "optimiser.tv_size=8", "seed=1",
-                             "bone.coarse_passes=8", "bone.fine_passes=4", "bone.pass_views=0"],
-        "refine_poses": "off", "outputs": ["mesh", "cloud"], "mesh_smooth_iterations": 0,
-    }}}))
+    params = write_params(tmp_path, n, {"state_dir": str(tmp_path / "state"), "output_dir": str(tmp_path / "out"),
+                                        "outputs": ["mesh", "cloud"]})
     vs, full, bone, truth, _ = bp.scene(n=n, arc=160.0, width=40)
     ids = [f"shot_{k:02d}" for k in range(n)]
     now = time.time()
@@ -137,17 +143,7 @@ def test_a_bone_volume_without_a_surface_leaves_the_full_volumes_meshes(ros_env,
 
     ns = "/ixgs_bone_weak"
     n = 12
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"/**/reconstruction_node": {"ros__parameters": {
-        "volume_size": [32, 32, 32], "voxel_size_mm": 2.0, "volume_center_mm": [0.0, 0.0, 0.0], "device": "cpu",
-        "iterations": 5, "refine_iterations": 0, "min_views": n, "status_rate_hz": 10.0,
-        "volume_publish_period_s": 60.0,
-        "engine_overrides": ["init.solver=torch", "init.passes=2", "init.pass_views=0", "init.solve_max_voxels=32768",
-                             "exterior.passes=2", "exterior.levels=1", "exterior.refine_passes=0",
-                             "lattice.cg_iterations=10", "optimiser.tv_size=8", "seed=1",
-                             "bone.coarse_passes=8", "bone.fine_passes=4", "bone.pass_views=0"],
-        "refine_poses": "off", "outputs": ["mesh"], "mesh_smooth_iterations": 0, "mesh_threshold_hu": -200.0,
-    }}}))
+    params = write_params(tmp_path, n, {"outputs": ["mesh"], "mesh_threshold_hu": -200.0})
     vs, full, bone, _, _ = bp.scene(n=n, arc=160.0, width=40)
     now = time.time()
     msgs = [(False, cv.view_to_xray_view(v, im, view_id=f"shot_{k:02d}", stamp=now)) for k, (v, im) in
