@@ -77,6 +77,9 @@ def test_ixgs_live_starts_what_the_launch_file_starts(tmp_path):
     assert cmds["standardize_node"][-2:] == ["-p", "method:=log"]
     raw = live.build_commands(Namespace(**{**vars(args), "scan": str(tmp_path / "raw")}))
     assert not any(a.startswith("method:=") for a in raw["standardize_node"])
+    # a raw scan plays its own images (raw_i0 0: the player refuses to convert raw images) as raw images
+    assert "raw_i0:=0.0" in raw["scan_player_node"] and not any(a.startswith("image_kind:=")
+                                                                for a in raw["xray_ingest_node"])
     with pytest.raises(ValueError, match="expected NODE.PARAM=VALUE"):
         live.build_commands(Namespace(**{**vars(args), "set": ["min_views=3"]}))
 

@@ -54,9 +54,9 @@ def add_parser(sub):
     p.add_argument("--out", help="keep the shot record, state, outputs and snapshots under this folder")
     p.add_argument("--rate", type=float, default=None, help="shots per second of the scan player")
     p.add_argument("--raw-i0", type=float, default=30000.0,
-                   help="scan: play detector counts round(I0 exp(-p)) (default 30000; 0 = line integrals); counts "
-                        "of a line-integral scan are standardized by -ln(I/I0), a raw scan's by the parameter file's "
-                        "method")
+                   help="line-integral scan: play detector counts round(I0 exp(-p)), standardized by -ln(I/I0) "
+                        "(default 30000; 0 = the line integrals themselves); a raw scan plays its own images, "
+                        "standardized by the parameter file's method")
     p.add_argument("--grid-from-scan", action=argparse.BooleanOptionalAction, default=True,
                    help="scan: reconstruct on the scan's ROI grid (size, spacing, centre; default yes)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
@@ -113,16 +113,19 @@ def build_commands(args) -> dict[str, list[str]]:
         overrides["reconstruction_node"].update(record_dir=str(out / "record"), state_dir=str(out / "state"),
                                                 output_dir=str(out / "outputs"), snapshot_root=str(out / "snapshots"))
     if args.scan:
+        raw_scan = _scan_kind(args.scan) == "raw"
         overrides[PLAYER]["scan_dir"] = str(Path(args.scan).resolve())
-        overrides[PLAYER]["raw_i0"] = float(args.raw_i0)
+        # a raw (real-style) scan is played as its own images (raw_i0 converts line integrals only) and goes
+        # through the parameter file's standardization (the model)
+        overrides[PLAYER]["raw_i0"] = 0.0 if raw_scan else float(args.raw_i0)
         if args.rate:
             overrides[PLAYER]["rate_hz"] = float(args.rate)
-        if args.raw_i0 <= 0:
+        if not raw_scan and args.raw_i0 <= 0:
             overrides["xray_ingest_node"]["image_kind"] = "line_integral"
-        elif _scan_kind(args.scan) == "line_integral":
+        elif not raw_scan:
             # Counts made from exact line integrals follow Beer-Lambert with no scatter or vendor processing:
             # -ln(I/I0) gives the scan back, where the standardization model (trained for real-style images)
-            # would change it. A raw (real-style) scan keeps the parameter file's method.
+            # would change it.
             overrides["standardize_node"]["method"] = "log"
         if args.grid_from_scan:
             overrides["reconstruction_node"].update(_scan_grid(args.scan))

@@ -248,6 +248,10 @@ class LiveBoneTarget:
                 self._settle()
                 continue
             except Exception as exc:  # a failed run must not end the target: the next final volume tries again
+                if self._stop:  # ended by close(): its child was stopped, not a failure
+                    with self._cond:
+                        self.state, self.detail = "idle", ""
+                    return
                 with self._cond:
                     if gen == self._generation:
                         self.state, self.detail = "failed", f"{type(exc).__name__}: {exc}"
@@ -335,13 +339,22 @@ class LiveBoneTarget:
                     p.unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Stop the worker: a run going on in the child process is ended by stopping the child, then the pool
+        is shut down and waited for, so that nothing of it is left for the interpreter's exit (a pool still
+        running there writes to a closed pipe and prints a traceback)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
+        pool = self._pool
+        if pool is not None and self._thread.is_alive():
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
         if self._thread.is_alive():
             self._thread.join(timeout=5.0)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     # ------------------------------------------------------------------------------ persistence
     def _file(self, view_id: str) -> Path:
