@@ -51,18 +51,10 @@ class Pool:
     """Views of a sphere on a tilted arc; every shot gets its own noise, so no two shots share content."""
 
     def __init__(self, n: int = 24, seed: int = 0):
-        from ixgs_ros.core.geometry import View, look_at
-        from ixgs_ros.simulation.phantom import Ellipsoid, project
+        from ixgs_ros.simulation.phantom import Ellipsoid, arc_views, project
 
         rng = np.random.default_rng(seed)
-        self.views = []
-        for k in range(n):
-            a = np.deg2rad(-80 + 160 * k / (n - 1))
-            tilt = np.deg2rad(rng.uniform(-10, 10))
-            src = 400.0 * np.array([np.sin(a) * np.cos(tilt), -np.cos(a) * np.cos(tilt), np.sin(tilt)])
-            K = [[350.0, 0.0, SIZE / 2 - 0.5 + rng.uniform(-3, 3)], [0.0, 350.0, SIZE / 2 - 0.5 + rng.uniform(-3, 3)],
-                 [0.0, 0.0, 1.0]]
-            self.views.append(View(K, look_at(src, (0.0, 0.0, 0.0), (0.0, 0.0, 1.0)), SIZE, SIZE))
+        self.views = arc_views(n, SIZE, 350.0, seed=rng)  # the shots' noise continues from the same generator
         self.lines = project([Ellipsoid((0.0, 0.0, 0.0), (12.0,) * 3, mu=0.04)], self.views).astype(np.float32)
         self.rng = rng
 

@@ -7,7 +7,7 @@ import torch
 
 from ixgs_ros.engine import EngineConfig, EngineError, ReconstructionEngine
 from ixgs_ros.engine.placement import _separable_lattice_operators, density_operators, lattice_from_field
-from ixgs_ros.core.geometry import View, look_at
+from ixgs_ros.simulation.phantom import arc_views
 from ixgs_ros.core.volume import Grid
 
 MU = 0.04  # 1/mm, bone-like
@@ -16,18 +16,7 @@ MU = 0.04  # 1/mm, bone-like
 def make_views(n=8, size=32, sod=400.0, sdd=700.0, seed=0, focal=None):
     """Views on a tilted random arc around the origin with off-centre principal points (2 mm pixels, unless
     ``focal`` (pixels) says otherwise)."""
-    rng = np.random.default_rng(seed)
-    views = []
-    for k in range(n):
-        a = np.deg2rad(-80 + 160 * k / max(1, n - 1))
-        tilt = np.deg2rad(rng.uniform(-10, 10))
-        src = sod * np.array([np.sin(a) * np.cos(tilt), -np.cos(a) * np.cos(tilt), np.sin(tilt)])
-        T = look_at(src, (0, 0, 0), up=(0, 0, 1))
-        f = sdd / 2.0 if focal is None else focal
-        K = np.array([[f, 0, size / 2 - 0.5 + rng.uniform(-3, 3)], [0, f, size / 2 - 0.5 + rng.uniform(-3, 3)],
-                      [0, 0, 1]])
-        views.append(View(K, T, size, size))
-    return views
+    return arc_views(n, size, sdd / 2.0 if focal is None else focal, sod=sod, seed=seed)
 
 
 def sphere_projection(views, radius=20.0, center=(0.0, 0.0, 0.0)):

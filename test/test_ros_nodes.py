@@ -352,18 +352,9 @@ SPHERE_RADIUS = 12.0  # mm, centred on the world origin
 def sphere_scan(n: int, size: int = 32, seed: int = 0):
     """``n`` views of 32² px on a tilted 160° arc (source 400 mm from the origin, off-centre principal points)
     and the exact line integrals of a sphere (ixgs_ros.simulation.phantom)."""
-    from ixgs_ros.core.geometry import View, look_at
-    from ixgs_ros.simulation.phantom import Ellipsoid, project
+    from ixgs_ros.simulation.phantom import Ellipsoid, arc_views, project
 
-    rng = np.random.default_rng(seed)
-    views = []
-    for k in range(n):
-        a = np.deg2rad(-80 + 160 * k / (n - 1))
-        tilt = np.deg2rad(rng.uniform(-10, 10))
-        src = 400.0 * np.array([np.sin(a) * np.cos(tilt), -np.cos(a) * np.cos(tilt), np.sin(tilt)])
-        K = [[350.0, 0.0, size / 2 - 0.5 + rng.uniform(-3, 3)], [0.0, 350.0, size / 2 - 0.5 + rng.uniform(-3, 3)],
-             [0.0, 0.0, 1.0]]
-        views.append(View(K, look_at(src, (0.0, 0.0, 0.0), (0.0, 0.0, 1.0)), size, size))
+    views = arc_views(n, size, 350.0, seed=seed)
     return views, project([Ellipsoid((0.0, 0.0, 0.0), (SPHERE_RADIUS,) * 3, mu=MU)], views)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..core.geometry import GeometryError, View, rotation_z
 from ..core.volume import MU_WATER
 
-__all__ = ["Ellipsoid", "line_integral", "project", "make_scan", "voxelize", "shepp_logan_3d"]
+__all__ = ["Ellipsoid", "arc_views", "line_integral", "project", "make_scan", "voxelize", "shepp_logan_3d"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,26 @@ def project(ellipsoids, views: Sequence[View], sdd: float | None = None) -> np.n
         raise GeometryError(f"project: views have different detector sizes {sorted(shapes)}")
     ell = _ellipsoids(ellipsoids)
     return np.stack([line_integral(ell, v, sdd) for v in views]).astype(np.float32)
+
+
+def arc_views(n: int, size: int, focal: float, *, sod: float = 400.0, seed: int | np.random.Generator = 0,
+              pp_jitter: float = 3.0) -> list[View]:
+    """``n`` views of ``size``² pixels (focal length ``focal`` pixels) on a 160-degree arc around the origin at
+    ``sod`` mm, each tilted by a random angle within +-10 degrees and with its principal point off centre by up to
+    ``pp_jitter`` pixels (random, ``seed``: a seed or a generator, which then goes on from its draws): the small
+    phantom scans of the tests and benchmarks."""
+    from ..core.geometry import look_at
+
+    rng = np.random.default_rng(seed)
+    views = []
+    for k in range(n):
+        a = np.deg2rad(-80 + 160 * k / max(1, n - 1))
+        tilt = np.deg2rad(rng.uniform(-10, 10))
+        src = sod * np.array([np.sin(a) * np.cos(tilt), -np.cos(a) * np.cos(tilt), np.sin(tilt)])
+        K = [[focal, 0.0, size / 2 - 0.5 + rng.uniform(-pp_jitter, pp_jitter)],
+             [0.0, focal, size / 2 - 0.5 + rng.uniform(-pp_jitter, pp_jitter)], [0.0, 0.0, 1.0]]
+        views.append(View(K, look_at(src, (0.0, 0.0, 0.0), (0.0, 0.0, 1.0)), size, size))
+    return views
 
 
 def make_scan(ellipsoids, views: Sequence[View], sdd: float | None = None, extra: dict | None = None):
