@@ -156,6 +156,38 @@ def test_engine_recovers_known_pose_errors_and_keeps_the_gauge(noisy, noisy_off,
     assert noisy_off.calibration.summary == {} and all(vd.view is v for vd, v in zip(noisy_off.views, noisy))
 
 
+def _shutter_masks(seed=0):
+    """Per view a collimator-like band at the top and the right (a third of the detector) that holds no data."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in TRUE:
+        m = np.ones((48, 48), np.uint8)
+        m[:int(rng.integers(12, 20))] = 0
+        m[:, -int(rng.integers(10, 18)):] = 0
+        out.append(m)
+    return out
+
+
+def test_registration_ignores_masked_pixels(noisy):
+    """Masked pixels (zeros here, as a clipped window) reach the quick solves inpainted; the registration must
+    not fit that continuation: exact shots are not flagged, and known errors are still corrected."""
+    masks = _shutter_masks()
+
+    def run(views):
+        eng = ReconstructionEngine(GRID, EngineConfig.from_dict({**SMALL, "calibration.mode": "on"}))
+        for v, p, m in zip(views, PROJ, masks):
+            eng.add_view(v, np.where(m > 0, p, 0.0).astype(np.float32), mask=m)
+        eng.step(SMALL["iterations"])
+        return eng
+
+    exact = run(TRUE)
+    assert exact.calibration.summary["flagged"] == []  # fitting the inpainted bands flagged an exact shot
+    fixed = run(noisy)
+    before = reprojection_error(noisy, TRUE, POINTS)["mean_px"]
+    after = reprojection_error([vd.view for vd in fixed.views], TRUE, POINTS)["mean_px"]
+    assert after < 0.55 * before and fixed.calibration.summary["flagged"] == []
+
+
 def test_a_large_pose_error_is_flagged_and_warned(caplog):
     views = perturb(TRUE, 0.3, 0.5, seed=2, outlier=6)
     with caplog.at_level(logging.WARNING, logger="ixgs_ros.engine.calibration"):

@@ -209,10 +209,21 @@ def _registration_grid(views, proj, grid, cfg):
     return (solve.coarsened(f) if f > 1 else solve).padded(2)
 
 
-def calibrated_init(eng, views: list[View], proj: np.ndarray):
+def _binned_masks(views: list[View], masks, b: int) -> list:
+    """Per view the binned validity (a binned pixel is valid when every detector pixel in it is), or None."""
+    out = []
+    for v, m in zip(views, masks if masks is not None else [None] * len(views)):
+        out.append(None if m is None else bin_view(v, np.asarray(m, np.float32), b)[1] > 0.999)
+    return out
+
+
+def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None):
     """The engine's initial solve with pose self-calibration (see the module docstring): ``views`` / ``proj``
-    are the training views (world frame, in ``eng.train_indices`` order) and their line integrals. Sets the
-    corrections on ``eng``'s views and returns ``(InitSolve, the training views as corrected)``."""
+    are the training views (world frame, in ``eng.train_indices`` order) and their line integrals, ``masks``
+    their validity (``[H, W]`` bool per view, None where all pixels count). The quick solves see the masked
+    pixels inpainted (as the init does); the registration and its consistency (NCC) use only the valid ones:
+    an inpainted continuation is no measurement, and fitting it pulls exact poses away. Sets the corrections
+    on ``eng``'s views and returns ``(InitSolve, the training views as corrected)``."""
     cfg, c = eng.config, eng.config.calibration
     cal: PoseCalibration = eng.calibration
     idx = eng.train_indices
@@ -223,6 +234,7 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray):
     t0 = time.perf_counter()
     rgrid = _registration_grid(views, proj, eng.grid, cfg)
     b = coarse_binning(views, rgrid)
+    bmasks = _binned_masks(views, masks, b)
     solver = init_solve.make_solver(cfg)
     free = np.array([True] * 6 + [c.principal_point] * 2)
     prior = 1.0 / np.array([np.radians(c.prior_rotation_deg)] * 3 + [c.prior_translation_mm] * 3
@@ -246,11 +258,13 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray):
         for k, (v, im) in enumerate(zip(bv, bp)):
             off = p[k].copy()
             off[6:8] /= b
-            res = register_view(model, v, im, iterations=c.iterations, free=free, prior=prior, offset=off)
+            m = bmasks[k]
+            res = register_view(model, v, im, iterations=c.iterations, free=free, prior=prior, offset=off, mask=m)
             dp = res.correction.copy()
             dp[6:8] *= b  # binned pixels -> detector pixels
             dps.append(dp)
-            ncc0[k] = _ncc(model.sample(v, with_jacobian=False)[0], im)
+            drr = model.sample(v, with_jacobian=False)[0]
+            ncc0[k] = _ncc(drr, im) if m is None else _ncc(drr[m], im[m])
             ncc1[k] = res.ncc
         new = np.stack([compose(q, dp) for q, dp in zip(p, dps)])
         sizes = [correction_sizes(g, q, pivot) for g, q in zip(given, new)]

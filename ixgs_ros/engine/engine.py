@@ -281,7 +281,9 @@ class ReconstructionEngine:
         cfg = self.config
         views, proj = self._train_views_world()
         if refinement_wanted(cfg, len(views)):  # pose self-calibration (engine/calibration.py) corrects the views
-            init, views = calibrated_init(self, views, proj)
+            masks = [None if self.views[i].mask is None else self.views[i].mask.cpu().numpy() > 0.5
+                     for i in self.train_indices]
+            init, views = calibrated_init(self, views, proj, masks)
         else:
             init = init_solve.init_tv_sart(views, proj, self.grid, cfg, progress=self._report)
         solve, sol = init.solve, init.volume
