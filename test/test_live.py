@@ -243,6 +243,25 @@ def test_the_session_in_a_child_process(grid, tmp_path):
         ProcessRunner(Grid.centered(20, 2.5, (0, 0, 0)), cfg, LiveConfig(), state_dir=tmp_path, preload_rtk=False)
 
 
+def test_an_initialisation_is_superseded_in_any_stage_until_it_has_shown_a_volume(grid):
+    """The first stage may be the pose refinement: a later stage must give way too, until the initialisation
+    has handed out a preview (from then on its work is not thrown away)."""
+    from ixgs_ros.engine.live import _Superseded
+
+    views, images = sphere_views(n=5)
+    s = LiveSession(grid, small_config(iterations=10), LiveConfig(min_views=3))
+    progress = s._progress_callback("initialising from 3 training views", 3)
+    progress("pose refinement (11 mm)", 0, 4)
+    progress("pose refinement (11 mm)", 4, 4)
+    for k in (3, 4):  # two shots arrive: 3 + 2 >= 1.5 x 3
+        s.submit(f"v{k}", views[k], images[k])
+    with pytest.raises(_Superseded, match="abandoned in its coarse TV-SART"):
+        progress("coarse TV-SART (2.75 mm)", 3, 60)
+    s._preview(np.zeros(grid.shape, np.float32), "coarse TV-SART solution")
+    progress("fine TV-SART (1 mm)", 1, 16)  # a volume is out: it runs to its end
+    assert s.last_volume.stage == "preview"
+
+
 @pytest.mark.parametrize("supersede", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_an_initialisation_gives_way_to_one_from_the_shots_that_arrived(grid, supersede):
     """Shots keep coming during a long first initialisation: once those waiting reach reinit_growth times the

@@ -16,8 +16,8 @@ under one lock discipline, which reads best in one place.
 * The engine initialises from the training views present at its first step; its TV-SART solutions go to
   ``on_volume`` as previews as soon as they exist. Once the training views reach ``reinit_growth`` times those
   of the current init, the engine is re-initialised from all of them (3 -> 5 -> 8 -> 12 -> 18 -> 27 views at
-  1.5), so the volume keeps up as shots arrive. With ``supersede_init`` an (re-)initialisation still in its first
-  stage is abandoned (rolled back) as soon as the views waiting would make it due again at once (they reach
+  1.5), so the volume keeps up as shots arrive. With ``supersede_init`` an (re-)initialisation that has not yet
+  handed out a volume is abandoned (rolled back) as soon as the views waiting would make it due again at once (they reach
   ``reinit_growth`` times those it started from): while shots keep coming, the work goes to the latest ones and
   the initialisation from all of them starts right after the last shot. After the schedule, a new training view
   that does not trigger a re-init adds ``refine_iterations`` more at the final learning rate.
@@ -73,7 +73,7 @@ class LiveConfig:
     publish_period_s: float = 5.0   # volume snapshots while optimising
     chunk_iterations: int = 5       # iterations per engine.step call (between them: new views, snapshots, stop)
     snapshot_share: float = 0.2     # snapshots may take at most this share of the worker's time
-    supersede_init: bool = True     # abandon an init in its first stage for one from reinit_growth x more views
+    supersede_init: bool = True     # abandon an init with no volume out yet for one from reinit_growth x more views
     poses_file: str = ""            # refined_poses.json written after each init with pose self-calibration
 
     def validate(self) -> "LiveConfig":
@@ -181,6 +181,7 @@ class LiveSession:
         self._snapshot_s = 0.0
         self._stretch_logged = False
         self._published_iteration = -1
+        self._previews = 0  # preview volumes handed out (an initialisation that has shown one is not superseded)
         self._poses: dict = {}  # summary of the last init's pose self-calibration (the status shows it)
         if self.engine.calibration.summary:  # restored
             self._record_poses()
@@ -575,17 +576,18 @@ class LiveSession:
     def _progress_callback(self, what: str, n_views: int = 0):
         """The engine's ``progress`` for an (re-)initialisation from ``n_views`` training views: shows the stage in
         the status and stops the initialisation (the engine rolls it back) once the session is stopped or reset,
-        or, in its first stage, once the views waiting supersede it (``supersede_init``)."""
-        first_stage: list[str] = []
+        or, before it has handed out a preview volume, once the views waiting supersede it (``supersede_init``).
+        Not only in its first stage: that may be the pose refinement, after which a long solve from a few views
+        would run to its end while most shots wait."""
+        previews_at_start = self._previews
 
         def progress(stage: str, done: int, total: int) -> None:
             self._init_progress = (what, stage, done, total)
             if self._stop or self._reset_requested:
                 raise _Stopped()
-            if not first_stage:
-                first_stage.append(stage)
             g = self.live.reinit_growth
-            if self.live.supersede_init and g > 0 and n_views and stage == first_stage[0]:
+            # until this initialisation has handed out a volume, nothing of it is lost by starting again
+            if self.live.supersede_init and g > 0 and n_views and self._previews == previews_at_start:
                 waiting = self._waiting_training_views()
                 if n_views + waiting >= g * n_views:
                     raise _Superseded(f"{what} abandoned in its {stage} ({done}/{total}): {waiting} more shots "
@@ -637,6 +639,7 @@ class LiveSession:
         """The engine's ``preview`` during the first initialisation (worker thread, engine lock held)."""
         if self._stop or self._reset_requested:
             raise _Stopped()
+        self._previews += 1
         snap = VolumeSnapshot(mu, "preview", label, self._train_ids(), self.engine.iteration)
         self._last_volume = snap
         try:
