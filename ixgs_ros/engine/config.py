@@ -42,6 +42,9 @@ class InitConfig:
     coarse_binning: int = 0           # detector binning for a solve coarser than the output: 0 auto, 1 off, n
     pass_views: int = 25              # pass counts are for this many training views; with fewer, each count is
     pass_scale_max: float = 2.5       # scaled by pass_views / n, at most by this (0 pass_views: never scaled)
+    warm_share: float = 0.0           # > 0: a re-initialisation (more views, live) starts from the previous
+                                      # solution and runs this share of each pass count (faster, a little less
+                                      # accurate: docs/ros.md); 0 = from scratch
 
 
 @dataclass
@@ -236,6 +239,7 @@ class EngineConfig:
                                        f"{i.relaxation}")
         need(i.pass_views >= 0 and i.pass_scale_max >= 1,
              f"init.pass_views must be >= 0 and init.pass_scale_max >= 1, got {i.pass_views}, {i.pass_scale_max}")
+        need(0.0 <= i.warm_share <= 1.0, f"init.warm_share must be in [0, 1], got {i.warm_share}")
         need(i.coarse_binning >= 0, f"init.coarse_binning must be >= 0 (0 = auto), got {i.coarse_binning}")
         need(i.solve_max_voxels >= 8 ** 3, f"init.solve_max_voxels must be >= 512, got {i.solve_max_voxels}")
         need(e.passes is None or e.passes >= 1, f"exterior.passes must be >= 1 (or null), got {e.passes}")

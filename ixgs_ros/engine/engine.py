@@ -112,6 +112,10 @@ class ReconstructionEngine:
         self._progress = None  # progress(stage, done, total) during an initialisation (step / reinitialize)
         self._preview = None   # preview(volume, label) during the first initialisation (step)
         self.calibration = PoseCalibration()  # pose self-calibration: given poses, corrections, flags
+        # the last init's solutions (InitSolve, fine grid, fine solution or None), in memory only: a
+        # re-initialisation from more views starts from them (init.warm_share); after a restart it starts cold
+        self._last_init: tuple | None = None
+        self._warm = False      # set by reinitialize: the next init may start from _last_init
 
     # ================================================================= views
     def add_view(self, view: View, image, *, holdout: bool = False, mask=None) -> int:
@@ -207,7 +211,7 @@ class ReconstructionEngine:
         solve, or ``progress`` raising to stop) the model, optimiser, exterior, backgrounds and random state are
         put back as they were."""
         old = (self.model, self.optim, self.densifier, self._exterior, [vd.background for vd in self.views],
-               self._material_ends_at_roi, self._init_spacing, self._gen.get_state())
+               self._material_ends_at_roi, self._init_spacing, self._gen.get_state(), self._last_init)
         calibration = self.calibration.snapshot(self)  # corrected poses are rolled back too
         self._progress, self._preview = progress, preview
         try:
@@ -223,7 +227,7 @@ class ReconstructionEngine:
                 self._report("exterior projections", todo, todo)
         except BaseException:
             (self.model, self.optim, self.densifier, self._exterior, bgs, self._material_ends_at_roi,
-             self._init_spacing, rng) = old
+             self._init_spacing, rng, self._last_init) = old
             for vd, bg in zip(self.views, bgs):
                 vd.background = bg
             self._gen.set_state(rng)
@@ -280,12 +284,14 @@ class ReconstructionEngine:
         fixed exterior when material lies outside the ROI."""
         cfg = self.config
         views, proj = self._train_views_world()
+        last = self._last_init if (self._warm and cfg.init.warm_share > 0) else None
+        warm = last[0] if last is not None else None
         if refinement_wanted(cfg, len(views)):  # pose self-calibration (engine/calibration.py) corrects the views
             masks = [None if self.views[i].mask is None else self.views[i].mask.cpu().numpy() > 0.5
                      for i in self.train_indices]
-            init, views = calibrated_init(self, views, proj, masks)
+            init, views = calibrated_init(self, views, proj, masks, warm=warm)
         else:
-            init = init_solve.init_tv_sart(views, proj, self.grid, cfg, progress=self._report)
+            init = init_solve.init_tv_sart(views, proj, self.grid, cfg, progress=self._report, warm=warm)
         solve, sol = init.solve, init.volume
         self._material_ends_at_roi = not init.exterior
         self._show(sol, solve, f"{init.stage} solution from {len(views)} views")
@@ -297,20 +303,26 @@ class ReconstructionEngine:
             passes = (0 if self._init_solved_at_output_spacing()
                       else init_solve.init_passes(cfg, cfg.exterior.refine_passes, len(views)))
             fine_grid = init_solve.fine_box(self.grid, solve, cfg, refine=passes > 0)
-            stage = f"fine TV-SART ({gs:.3g} mm)"
+            # warm: the fine box starts from the last fine solution when it is the same box
+            x0 = last[2] if (init.warm and passes and last[1] == fine_grid and last[2] is not None) else None
+            if x0 is not None:
+                passes = max(1, int(round(passes * cfg.init.warm_share)))
+            stage = f"fine TV-SART ({gs:.3g} mm{', warm' if x0 is not None else ''})"
             if passes:
                 self._report(stage, 0, passes)
             e = cfg.exterior
             refine = init_solve.make_solver(cfg).refine_inner
             roi, outside = refine(views, proj, solve, sol, fine_grid, passes, lam=e.refine_relaxation,
                                   tv_weight=e.refine_tv_weight, tv_weight_final=e.refine_tv_weight_final,
-                                  on_pass=lambda k, n: self._report(stage, k, n))
+                                  on_pass=lambda k, n: self._report(stage, k, n), x0=x0)
             self._exterior = (outside, solve)
             if passes:
                 self._show(roi, fine_grid, f"{stage} solution from {len(views)} views")
+            self._last_init = (init, fine_grid, roi if passes else None)
         else:
             fine_grid = self.grid
             roi = resample(sol, solve, fine_grid, order=1)
+            self._last_init = (init, fine_grid, None)
         return torch.from_numpy(np.ascontiguousarray(roi / cfg.mu_ref, dtype=np.float32)), fine_grid
 
     def _init_solved_at_output_spacing(self) -> bool:
@@ -400,12 +412,17 @@ class ReconstructionEngine:
         """Solve the initialisation again from *all* current training views and restart the learning-rate
         schedule (live use: the first init ran on the few views present then, and views added later only join
         the loss). Model, optimiser, exterior and the views' backgrounds are replaced; views, iteration count
-        and history are kept. ``progress`` as in :meth:`step`; a re-init that fails or is stopped leaves the
+        and history are kept. With ``init.warm_share`` > 0 the solve starts from the last initialisation's
+        solution (kept in memory since then) and runs that share of its passes. ``progress`` as in :meth:`step`; a re-init that fails or is stopped leaves the
         previous model in place."""
         if not self.train_indices:
             raise EngineError("cannot reinitialise: no training views have been added")
         t0 = time.perf_counter()
-        self._initialise_atomic(progress)
+        self._warm = True  # start from the last init's solution (init.warm_share)
+        try:
+            self._initialise_atomic(progress)
+        finally:
+            self._warm = False
         self._schedule_start = self.iteration
         self._init_views = len(self.train_indices)
         self._order = []

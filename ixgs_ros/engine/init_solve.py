@@ -111,7 +111,7 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
                  fine_grid: Grid, passes: int, *, lam: float = 1.3, tv_weight: float = 0.003,
                  tv_weight_final: float | None = None, tv_iterations: int = 20,
                  threads: int | None = None, on_pass: Callable[[int, int], None] | None = None,
-                 denoise: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 denoise: Callable | None = None, x0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-solve the part of a coarse solution that ``fine_grid`` covers at the fine grid's resolution, the rest
     of the solution fixed (a two-level SART).
 
@@ -128,7 +128,8 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
 
     Returns ``(fine volume on fine_grid, exterior on solve_grid with zeros inside the fine box)``, float32.
     ``on_pass(k, passes)`` is called after pass ``k`` (1-based) and ``denoise`` replaces :func:`tv_denoise`, as
-    in :func:`sart_tv`.
+    in :func:`sart_tv`. ``x0`` (``fine_grid.shape``, world layout) starts the inside instead of the coarse
+    solution, e.g. the fine solution of an earlier initialisation (a warm re-initialisation).
     Holds one fine-grid normaliser per view (25 views on a 148^3 box: 0.3 GB).
     """
     views, projections = check_projections(views, projections)
@@ -136,7 +137,8 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
     weights = tv_schedule(passes, tv_weight, tv_weight_final)
     inside = fine_grid.contains(solve_grid.world_coords())
     exterior = np.where(inside, 0.0, solve_volume).astype(np.float32)
-    x = np.maximum(resample(solve_volume, solve_grid, fine_grid, order=1), 0).astype(np.float32)
+    x = np.maximum(resample(solve_volume, solve_grid, fine_grid, order=1) if x0 is None
+                   else _start(x0, fine_grid), 0).astype(np.float32)
     if passes == 0:
         return x, exterior
     # per view, fixed over the passes: the rays' lengths through the solve grid's box, the residual the exterior
@@ -153,6 +155,13 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
         if on_pass is not None:
             on_pass(k + 1, passes)
     return np.ascontiguousarray(x, dtype=np.float32), exterior
+
+
+def _start(x0, grid: Grid) -> np.ndarray:
+    x0 = np.asarray(x0, dtype=np.float32)
+    if x0.shape != tuple(grid.shape):
+        raise ValueError(f"x0 must have the fine grid's shape {tuple(grid.shape)}, got {x0.shape}")
+    return x0
 
 
 # ---------------------------------------------------------------------------------------------- solvers
@@ -199,6 +208,7 @@ class InitSolve:
     volume: np.ndarray   # the solution on it, mu in 1/mm, >= 0
     exterior: bool       # whether material lies outside the ROI (the solve grid is more than a thin shell larger)
     stage: str           # its name in progress reports, e.g. "coarse TV-SART (2.75 mm)"
+    warm: bool = False   # started from an earlier solution (a warm re-initialisation)
 
 
 def init_passes(cfg, passes: int, n_views: int) -> int:
@@ -240,11 +250,17 @@ def _binned(views, proj, level: Grid, binning: int):
     return [q[0] for q in pairs], np.stack([q[1] for q in pairs])
 
 
-def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | None = None) -> InitSolve:
+def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | None = None,
+                 warm: InitSolve | None = None) -> InitSolve:
     """The TV-SART solve the engine starts from (see the module docstring): ``views`` (world frame) and ``proj``
     their line integrals, ``grid`` the ROI, ``cfg`` an EngineConfig. ``progress(stage, done, total)`` as in
     :meth:`ReconstructionEngine.step`. ``sart`` replaces the configured solver's ``sart_tv`` (same signature),
-    e.g. by a solve with a support mask in an experiment."""
+    e.g. by a solve with a support mask in an experiment.
+
+    ``warm``, an earlier solution of the same kind (exterior or not) from fewer views, makes it a warm
+    re-initialisation: the solve starts from it (resampled to this solve grid), skips the 2x coarser level and
+    runs ``init.warm_share`` of the pass count. Its low frequencies are already settled; the passes bring in
+    the views it did not have."""
     sart = sart or make_solver(cfg).sart_tv
     ini, ext = cfg.init, cfg.exterior
     solve = default_solve_grid(views, grid, projections=proj, max_voxels=ini.solve_max_voxels)
@@ -272,7 +288,13 @@ def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | N
         sviews, sproj = views, proj
     report = progress or (lambda *_: None)
     x0 = None
-    if exterior and coarse and ext.levels == 2:  # first the low frequencies, on a 2x coarser grid
+    warm = warm if (warm is not None and ini.warm_share > 0 and warm.exterior == exterior) else None
+    if warm is not None:
+        x0 = resample(warm.volume, warm.solve, solve, order=1)
+        passes = max(1, int(round(passes * ini.warm_share)))
+        if exterior and coarse and ext.levels == 2:  # start where the skipped level would have left the TV weight
+            tv0 = tv0 if tv1 is None else float(np.sqrt(tv0 * tv1))
+    elif exterior and coarse and ext.levels == 2:  # first the low frequencies, on a 2x coarser grid
         low = solve.coarsened(2)
         lviews, lproj = _binned(views, proj, low, coarse_binning(views, low))
         tvm = tv0 if tv1 is None else float(np.sqrt(tv0 * tv1))
@@ -283,8 +305,9 @@ def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | N
                        tv_weight_map=weights(low, lviews), on_pass=lambda k, n: report(stage0, k, n))
         x0 = resample(lsol, low, solve, order=1)  # sart_tv clips its start at 0
         tv0 = tvm
-    stage = f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm)"
+    stage = (f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm"
+             f"{', warm' if warm is not None else ''})")
     report(stage, 0, passes)
     sol = sart(sviews, sproj, solve, passes, tv0, tv_weight_final=tv1, support=support, lam=ini.relaxation,
                   tv_weight_map=weights(solve, sviews), x0=x0, on_pass=lambda k, n: report(stage, k, n))
-    return InitSolve(solve, np.maximum(sol, 0), exterior, stage)
+    return InitSolve(solve, np.maximum(sol, 0), exterior, stage, warm=warm is not None)

@@ -241,10 +241,11 @@ def refine_inner(views: Sequence[View], projections, solve_grid: Grid, solve_vol
                  fine_grid: Grid, passes: int, *, lam: float = 1.3, tv_weight: float = 0.003,
                  tv_weight_final: float | None = None, tv_iterations: int = 20,
                  on_pass: Callable[[int, int], None] | None = None, device=None,
-                 step: float = DEFAULT_STEP, max_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 step: float = DEFAULT_STEP, max_samples: int | None = None,
+                 x0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-solve the part of a coarse solution inside ``fine_grid`` at its resolution with the rest fixed, as
     :func:`ixgs_ros.engine.init_solve.refine_inner` (same arguments and results: ``(fine volume, exterior on
-    solve_grid with zeros inside the fine box)``, float32), in torch on ``device``.
+    solve_grid with zeros inside the fine box)``, float32; ``x0`` the inside's start), in torch on ``device``.
 
     The exterior (solve voxels whose centres lie outside the fine box) is projected once; each SART update of
     view ``i`` is ``x <- max(0, x + lam * A_i^T[(p_i - P_ext,i - A_i x) / L_i] / A_i^T 1)`` on the fine grid
@@ -259,7 +260,13 @@ def refine_inner(views: Sequence[View], projections, solve_grid: Grid, solve_vol
     exterior = np.where(inside, 0.0, solve_volume).astype(np.float32)
     with torch.no_grad():
         sv = torch.from_numpy(np.ascontiguousarray(solve_volume)).to(dev)
-        x = resample(sv, solve_grid, fine_grid).clamp_(min=0.0)
+        if x0 is None:
+            x = resample(sv, solve_grid, fine_grid).clamp_(min=0.0)
+        else:
+            x0 = np.asarray(x0, dtype=np.float32)
+            if x0.shape != tuple(fine_grid.shape):
+                raise ValueError(f"x0 must have the fine grid's shape {tuple(fine_grid.shape)}, got {x0.shape}")
+            x = torch.from_numpy(np.ascontiguousarray(x0)).to(dev).clamp_(min=0.0)
         if passes == 0:
             return _to_numpy(x), exterior
         # per view, fixed over the passes: 1 / the rays' lengths through the solve grid, the residual the
