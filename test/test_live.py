@@ -243,22 +243,34 @@ def test_the_session_in_a_child_process(grid, tmp_path):
         ProcessRunner(Grid.centered(20, 2.5, (0, 0, 0)), cfg, LiveConfig(), state_dir=tmp_path, preload_rtk=False)
 
 
-def test_an_initialisation_is_superseded_in_any_stage_until_it_has_shown_a_volume(grid):
-    """The first stage may be the pose refinement: a later stage must give way too, until the initialisation
-    has handed out a preview (from then on its work is not thrown away)."""
+def test_an_initialisation_gives_way_while_young_and_until_it_has_shown_a_volume(grid):
+    """Young (no TV-SART solve finished: the pose refinement, the first coarse solve) any new shot supersedes an
+    initialisation; later only reinit_growth x more views do, and once it has handed out a preview none."""
     from ixgs_ros.engine.live import _Superseded
 
-    views, images = sphere_views(n=5)
+    views, images = sphere_views(n=8)
     s = LiveSession(grid, small_config(iterations=10), LiveConfig(min_views=3))
-    progress = s._progress_callback("initialising from 3 training views", 3)
-    progress("pose refinement (11 mm)", 0, 4)
+    progress = s._progress_callback("initialising from 4 training views", 4)
     progress("pose refinement (11 mm)", 4, 4)
-    for k in (3, 4):  # two shots arrive: 3 + 2 >= 1.5 x 3
-        s.submit(f"v{k}", views[k], images[k])
-    with pytest.raises(_Superseded, match="abandoned in its coarse TV-SART"):
-        progress("coarse TV-SART (2.75 mm)", 3, 60)
+    progress("coarse TV-SART (5.5 mm)", 10, 48)
+    s.submit("v4", views[4], images[4])  # one shot: 5 < 1.5 x 4, but the initialisation is young
+    with pytest.raises(_Superseded, match="abandoned in its coarse TV-SART \\(5.5 mm\\) \\(11/48\\)"):
+        progress("coarse TV-SART (5.5 mm)", 11, 48)
+    progress = s._progress_callback("initialising from 4 training views", 4)
+    s._pending.clear()
+    progress("coarse TV-SART (5.5 mm)", 48, 48)  # its first solve is done: no longer young
+    s.submit("v5", views[5], images[5])
+    progress("coarse TV-SART (2.75 mm)", 3, 24)  # 5 < 1.5 x 4: it goes on
+    s.submit("v6", views[6], images[6])
+    with pytest.raises(_Superseded, match="2 more shots arrived, it starts again from all 6"):
+        progress("coarse TV-SART (2.75 mm)", 4, 24)
+    s._pending.clear()
+    progress = s._progress_callback("initialising from 4 training views", 4)
+    progress("coarse TV-SART (2.75 mm)", 24, 24)
     s._preview(np.zeros(grid.shape, np.float32), "coarse TV-SART solution")
-    progress("fine TV-SART (1 mm)", 1, 16)  # a volume is out: it runs to its end
+    for k in (5, 6, 7):  # 7 >= 1.5 x 4
+        s.submit(f"w{k}", views[k], images[k] * 1.01)
+    progress("fine TV-SART (1 mm)", 1, 16)  # a volume is out: it runs to its end, whatever waits
     assert s.last_volume.stage == "preview"
 
 

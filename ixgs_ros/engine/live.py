@@ -16,10 +16,11 @@ under one lock discipline, which reads best in one place.
 * The engine initialises from the training views present at its first step; its TV-SART solutions go to
   ``on_volume`` as previews as soon as they exist. Once the training views reach ``reinit_growth`` times those
   of the current init, the engine is re-initialised from all of them (3 -> 5 -> 8 -> 12 -> 18 -> 27 views at
-  1.5), so the volume keeps up as shots arrive. With ``supersede_init`` an (re-)initialisation that has not yet
-  handed out a volume is abandoned (rolled back) as soon as the views waiting would make it due again at once (they reach
-  ``reinit_growth`` times those it started from): while shots keep coming, the work goes to the latest ones and
-  the initialisation from all of them starts right after the last shot. After the schedule, a new training view
+  1.5), so the volume keeps up as shots arrive. With ``supersede_init`` an (re-)initialisation is abandoned (rolled
+  back) for one from all views when a training view arrives while it is young (before its first TV-SART solve
+  has finished), or, until it has handed out a volume, once the views waiting reach ``reinit_growth`` times those
+  it started from: while shots come faster than a first solve, the work goes to the latest ones and the
+  initialisation from all of them starts right after the last shot. After the schedule, a new training view
   that does not trigger a re-init adds ``refine_iterations`` more at the final learning rate.
 * With ``state_dir`` the engine state and the session's bookkeeping (``live_state.json``: view ids, schedule
   target) are written after every accepted batch of views, after every snapshot and on :meth:`close`, and
@@ -73,7 +74,7 @@ class LiveConfig:
     publish_period_s: float = 5.0   # volume snapshots while optimising
     chunk_iterations: int = 5       # iterations per engine.step call (between them: new views, snapshots, stop)
     snapshot_share: float = 0.2     # snapshots may take at most this share of the worker's time
-    supersede_init: bool = True     # abandon an init with no volume out yet for one from reinit_growth x more views
+    supersede_init: bool = True     # a young init gives way to any new view, one with no volume out yet to growth x
     poses_file: str = ""            # refined_poses.json written after each init with pose self-calibration
 
     def validate(self) -> "LiveConfig":
@@ -576,20 +577,25 @@ class LiveSession:
     def _progress_callback(self, what: str, n_views: int = 0):
         """The engine's ``progress`` for an (re-)initialisation from ``n_views`` training views: shows the stage in
         the status and stops the initialisation (the engine rolls it back) once the session is stopped or reset,
-        or, before it has handed out a preview volume, once the views waiting supersede it (``supersede_init``).
-        Not only in its first stage: that may be the pose refinement, after which a long solve from a few views
-        would run to its end while most shots wait."""
+        or, with ``supersede_init``, once the views waiting supersede it: while it is young (no TV-SART solve of
+        it has finished yet: the pose refinement and the first, cheap, coarse solve) any new training view does,
+        and until it has handed out a volume, ``reinit_growth`` times the views it started from do. So while
+        shots come faster than a first solve, each restart takes them all and the initialisation from every shot
+        starts right after the last; with slower shots an initialisation matures and shows its volume."""
         previews_at_start = self._previews
+        young = [True]
 
         def progress(stage: str, done: int, total: int) -> None:
             self._init_progress = (what, stage, done, total)
             if self._stop or self._reset_requested:
                 raise _Stopped()
+            if "TV-SART" in stage and total > 0 and done >= total:
+                young[0] = False
             g = self.live.reinit_growth
             # until this initialisation has handed out a volume, nothing of it is lost by starting again
             if self.live.supersede_init and g > 0 and n_views and self._previews == previews_at_start:
                 waiting = self._waiting_training_views()
-                if n_views + waiting >= g * n_views:
+                if waiting and (young[0] or n_views + waiting >= g * n_views):
                     raise _Superseded(f"{what} abandoned in its {stage} ({done}/{total}): {waiting} more shots "
                                       f"arrived, it starts again from all {n_views + waiting}")
         return progress

@@ -76,8 +76,9 @@ PARAMETERS = {
                            "128^3) and restart the schedule once the training views reach this multiple of the "
                            "views the current volume was initialised from; 0 = never (later views then only join "
                            "the loss)"),
-    "supersede_init": (True, "Abandon an initialisation that has not yet published a volume when the shots that "
-                             "arrived meanwhile would make it due again (reinit_growth): the work goes to the "
+    "supersede_init": (True, "Abandon an initialisation for one from all shots when a shot arrives before its "
+                             "first TV-SART solve has finished, or, until it has published a volume, when the shots "
+                             "that arrived meanwhile would make it due again (reinit_growth): the work goes to the "
                              "latest shots"),
     "refine_iterations": (50, "Iterations run after the schedule each time new training views arrive "
                               "(at the schedule's final learning rate); 0 = store them without optimising"),
