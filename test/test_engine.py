@@ -715,6 +715,23 @@ def test_two_level_full_body_init_solves_a_coarser_grid_first(monkeypatch):
             small_config(**bad).validate()
 
 
+def test_the_two_level_init_previews_its_coarser_level_first():
+    """The 2x coarser level's solution is the first preview (seconds into a full-body solve), on the output grid."""
+    roi, views, inside, outside = _roi_and_sphere_views()
+    cfg = small_config(context=True, context_mode="background", init_fine_passes=0, init_exterior_levels=2,
+                       init_exterior_level_passes=2, init_exterior_sart_iterations=3, init_solve_max_voxels=12 ** 3)
+    eng = ReconstructionEngine(roi, cfg)
+    for v, p in zip(views, outside):
+        eng.add_view(v, p)
+    got = []
+    eng.step(0, preview=lambda vol, label: got.append((vol, label)))
+    labels = [g[1] for g in got]
+    assert len(labels) == 2 and all(lb.startswith("coarse TV-SART (") for lb in labels), labels
+    low_mm, solve_mm = (float(lb.split("(")[1].split(" mm")[0]) for lb in labels)
+    assert low_mm == pytest.approx(2 * solve_mm, rel=0.01)
+    assert all(g[0].shape == roi.shape and g[0].max() > 0 for g in got)
+
+
 def test_init_passes_scale_up_for_fewer_views(monkeypatch):
     """With n training views fewer than ``init_pass_views`` every init pass count is scaled by init_pass_views / n
     (at most ``init_pass_scale_max`` x, rounded): both coarse full-body levels and the fine re-solve, and an

@@ -217,13 +217,13 @@ def _binned_masks(views: list[View], masks, b: int) -> list:
     return out
 
 
-def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=None):
+def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=None, show=None):
     """The engine's initial solve with pose self-calibration (see the module docstring): ``views`` / ``proj``
     are the training views (world frame, in ``eng.train_indices`` order) and their line integrals, ``masks``
     their validity (``[H, W]`` bool per view, None where all pixels count). The quick solves see the masked
     pixels inpainted (as the init does); the registration and its consistency (NCC) use only the valid ones:
-    an inpainted continuation is no measurement, and fitting it pulls exact poses away. ``warm`` is handed to
-    the final :func:`~ixgs_ros.engine.init_solve.init_tv_sart` (a warm re-initialisation). Sets the corrections
+    an inpainted continuation is no measurement, and fitting it pulls exact poses away. ``warm`` and ``show`` are
+    handed to the final :func:`~ixgs_ros.engine.init_solve.init_tv_sart`. Sets the corrections
     on ``eng``'s views and returns ``(InitSolve, the training views as corrected)``."""
     cfg, c = eng.config, eng.config.calibration
     cal: PoseCalibration = eng.calibration
@@ -301,7 +301,7 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
         "max_translation_mm": float(max(s["translation_mm"] for s in sizes)),
     }
     out_views = [eng.views[i].view for i in idx]
-    init = init_solve.init_tv_sart(out_views, proj, eng.grid, cfg, progress=eng._report, warm=warm)
+    init = init_solve.init_tv_sart(out_views, proj, eng.grid, cfg, progress=eng._report, warm=warm, show=show)
     return init, out_views
 
 

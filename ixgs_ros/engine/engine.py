@@ -284,14 +284,16 @@ class ReconstructionEngine:
         fixed exterior when material lies outside the ROI."""
         cfg = self.config
         views, proj = self._train_views_world()
+        n = len(self.train_indices)
+        show = lambda vol, grid, stage: self._show(vol, grid, f"{stage} solution from {n} views")  # noqa: E731
         last = self._last_init if (self._warm and cfg.init.warm_share > 0) else None
         warm = last[0] if last is not None else None
         if refinement_wanted(cfg, len(views)):  # pose self-calibration (engine/calibration.py) corrects the views
             masks = [None if self.views[i].mask is None else self.views[i].mask.cpu().numpy() > 0.5
                      for i in self.train_indices]
-            init, views = calibrated_init(self, views, proj, masks, warm=warm)
+            init, views = calibrated_init(self, views, proj, masks, warm=warm, show=show)
         else:
-            init = init_solve.init_tv_sart(views, proj, self.grid, cfg, progress=self._report, warm=warm)
+            init = init_solve.init_tv_sart(views, proj, self.grid, cfg, progress=self._report, warm=warm, show=show)
         solve, sol = init.solve, init.volume
         self._material_ends_at_roi = not init.exterior
         self._show(sol, solve, f"{init.stage} solution from {len(views)} views")

@@ -251,7 +251,7 @@ def _binned(views, proj, level: Grid, binning: int):
 
 
 def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | None = None,
-                 warm: InitSolve | None = None) -> InitSolve:
+                 warm: InitSolve | None = None, show: Callable | None = None) -> InitSolve:
     """The TV-SART solve the engine starts from (see the module docstring): ``views`` (world frame) and ``proj``
     their line integrals, ``grid`` the ROI, ``cfg`` an EngineConfig. ``progress(stage, done, total)`` as in
     :meth:`ReconstructionEngine.step`. ``sart`` replaces the configured solver's ``sart_tv`` (same signature),
@@ -260,7 +260,8 @@ def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | N
     ``warm``, an earlier solution of the same kind (exterior or not) from fewer views, makes it a warm
     re-initialisation: the solve starts from it (resampled to this solve grid), skips the 2x coarser level and
     runs ``init.warm_share`` of the pass count. Its low frequencies are already settled; the passes bring in
-    the views it did not have."""
+    the views it did not have. ``show(volume, grid, stage)`` receives the 2x coarser level's solution (a first,
+    coarse look, seconds into a full-body solve)."""
     sart = sart or make_solver(cfg).sart_tv
     ini, ext = cfg.init, cfg.exterior
     solve = default_solve_grid(views, grid, projections=proj, max_voxels=ini.solve_max_voxels)
@@ -303,6 +304,8 @@ def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | N
         report(stage0, 0, lpasses)
         lsol = sart(lviews, lproj, low, lpasses, tv0, tv_weight_final=tvm, lam=ini.relaxation,
                        tv_weight_map=weights(low, lviews), on_pass=lambda k, n: report(stage0, k, n))
+        if show is not None:
+            show(np.maximum(lsol, 0), low, stage0)
         x0 = resample(lsol, low, solve, order=1)  # sart_tv clips its start at 0
         tv0 = tvm
     stage = (f"{'coarse ' if coarse else ''}TV-SART ({float(solve.spacing.max()):.3g} mm"
