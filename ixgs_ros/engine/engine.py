@@ -320,11 +320,12 @@ class ReconstructionEngine:
             self._exterior = (outside, solve)
             if passes:
                 self._show(roi, fine_grid, f"{stage} solution from {len(views)} views")
-            self._last_init = (init, fine_grid, roi if passes else None)
+            keep = (init, fine_grid, roi if passes else None)
         else:
             fine_grid = self.grid
             roi = resample(sol, solve, fine_grid, order=1)
-            self._last_init = (init, fine_grid, None)
+            keep = (init, fine_grid, None)
+        self._last_init = keep if cfg.init.warm_share > 0 else None  # held only for a warm re-init
         return torch.from_numpy(np.ascontiguousarray(roi / cfg.mu_ref, dtype=np.float32)), fine_grid
 
     def _init_solved_at_output_spacing(self) -> bool:
@@ -415,8 +416,8 @@ class ReconstructionEngine:
         schedule (live use: the first init ran on the few views present then, and views added later only join
         the loss). Model, optimiser, exterior and the views' backgrounds are replaced; views, iteration count
         and history are kept. With ``init.warm_share`` > 0 the solve starts from the last initialisation's
-        solution (kept in memory since then) and runs that share of its passes. ``progress`` as in :meth:`step`; a re-init that fails or is stopped leaves the
-        previous model in place."""
+        solution (kept in memory since then) and runs that share of its passes. ``progress`` as in
+        :meth:`step`; a re-init that fails or is stopped leaves the previous model in place."""
         if not self.train_indices:
             raise EngineError("cannot reinitialise: no training views have been added")
         t0 = time.perf_counter()
