@@ -312,6 +312,15 @@ def test_refine_inner_matches_rtk(scene, rb):
     assert _rel(out, x0t) > 0.05
     with pytest.raises(ValueError):
         st.refine_inner(views, proj, solve, sol, Grid.centered(40, 2.0, CENTER), 1)
+    # a start for the inside (a warm re-initialisation): both solvers take it, check its shape, leave it as given
+    start = np.ascontiguousarray(ref[::-1])
+    kept = start.copy()
+    for solver in (rb, st):
+        assert np.array_equal(solver.refine_inner(views, proj, solve, sol, fine, 0, x0=start)[0], start)
+        one, _ = solver.refine_inner(views, proj, solve, sol, fine, 1, x0=start)
+        assert np.array_equal(start, kept) and _rel(one, start) > 0.0
+        with pytest.raises(ValueError, match="x0 must have the fine grid's shape"):
+            solver.refine_inner(views, proj, solve, sol, fine, 1, x0=start[:-1])
 
 
 # ------------------------------------------------------------------------------------------ devices, API

@@ -268,29 +268,28 @@ class ReconstructionEngine:
         self.densifier.reset(self.model)
 
     def _train_views_world(self):
-        """Training views and their line integrals (world units) for the initial solve; masked pixels are
-        inpainted from their valid neighbours (:func:`~ixgs_ros.core.radiograph.inpaint_invalid`), so that SART
-        does not trust them."""
+        """Training views, their line integrals (world units) for the initial solve and their validity masks
+        (bool, None where every pixel counts); masked pixels are inpainted from their valid neighbours
+        (:func:`~ixgs_ros.core.radiograph.inpaint_invalid`), so that SART does not trust them."""
         idx = self.train_indices
         views = [self.views[i].view for i in idx]
         proj = np.stack([(self.views[i].image * self.frame.projection_scale).cpu().numpy() for i in idx])
-        for k, i in enumerate(idx):
-            if self.views[i].mask is not None:
-                proj[k] = inpaint_invalid(proj[k], self.views[i].mask.cpu().numpy() > 0.5)
-        return views, proj
+        masks = [None if self.views[i].mask is None else self.views[i].mask.cpu().numpy() > 0.5 for i in idx]
+        for k, m in enumerate(masks):
+            if m is not None:
+                proj[k] = inpaint_invalid(proj[k], m)
+        return views, proj, masks
 
     def _init_field(self) -> tuple[torch.Tensor, Grid]:
         """The init volume the Gaussians are fitted to (normalised units) and its grid (the fine box); sets the
         fixed exterior when material lies outside the ROI."""
         cfg = self.config
-        views, proj = self._train_views_world()
+        views, proj, masks = self._train_views_world()
         n = len(self.train_indices)
         show = lambda vol, grid, stage: self._show(vol, grid, f"{stage} solution from {n} views")  # noqa: E731
         last = self._last_init if (self._warm and cfg.init.warm_share > 0) else None
         warm = last[0] if last is not None else None
         if refinement_wanted(cfg, len(views)):  # pose self-calibration (engine/calibration.py) corrects the views
-            masks = [None if self.views[i].mask is None else self.views[i].mask.cpu().numpy() > 0.5
-                     for i in self.train_indices]
             init, views = calibrated_init(self, views, proj, masks, warm=warm, show=show)
         else:
             init = init_solve.init_tv_sart(views, proj, self.grid, cfg, progress=self._report, warm=warm, show=show)

@@ -94,8 +94,10 @@ def sart_tv(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, pa
     return np.ascontiguousarray(frame.from_frame_array(x), dtype=np.float32)
 
 
-def check_refine_args(solve_grid: Grid, solve_volume, fine_grid: Grid, passes) -> tuple[int, np.ndarray]:
-    """``(passes, solve_volume as float32)`` of a fine re-solve, or an error naming what does not fit."""
+def check_refine_args(solve_grid: Grid, solve_volume, fine_grid: Grid, passes,
+                      x0=None) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """``(passes, solve_volume as float32, x0 as float32 or None)`` of a fine re-solve, or an error naming what
+    does not fit (``x0``, the inside's start, must have the fine grid's shape)."""
     passes = int(passes)
     if passes < 0:
         raise ValueError(f"passes must be >= 0, got {passes}")
@@ -104,7 +106,11 @@ def check_refine_args(solve_grid: Grid, solve_volume, fine_grid: Grid, passes) -
         raise VolumeError(f"solve volume shape {solve_volume.shape} does not match its grid {tuple(solve_grid.shape)}")
     if not solve_grid.contains(fine_grid.corners(), margin_vox=-1e-3).all():
         raise ValueError("the fine grid's box must lie inside the solve grid's box")
-    return passes, solve_volume
+    if x0 is not None:
+        x0 = np.asarray(x0, dtype=np.float32)
+        if x0.shape != tuple(fine_grid.shape):
+            raise ValueError(f"x0 must have the fine grid's shape {tuple(fine_grid.shape)}, got {x0.shape}")
+    return passes, solve_volume, x0
 
 
 def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Grid, solve_volume: np.ndarray,
@@ -133,12 +139,12 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
     Holds one fine-grid normaliser per view (25 views on a 148^3 box: 0.3 GB).
     """
     views, projections = check_projections(views, projections)
-    passes, solve_volume = check_refine_args(solve_grid, solve_volume, fine_grid, passes)
+    passes, solve_volume, x0 = check_refine_args(solve_grid, solve_volume, fine_grid, passes, x0)
     weights = tv_schedule(passes, tv_weight, tv_weight_final)
     inside = fine_grid.contains(solve_grid.world_coords())
     exterior = np.where(inside, 0.0, solve_volume).astype(np.float32)
-    x = np.maximum(resample(solve_volume, solve_grid, fine_grid, order=1) if x0 is None
-                   else _start(x0, fine_grid), 0).astype(np.float32)
+    x = np.maximum(resample(solve_volume, solve_grid, fine_grid, order=1) if x0 is None else x0,
+                   0).astype(np.float32)
     if passes == 0:
         return x, exterior
     # per view, fixed over the passes: the rays' lengths through the solve grid's box, the residual the exterior
@@ -155,13 +161,6 @@ def refine_inner(views: Sequence[View], projections: np.ndarray, solve_grid: Gri
         if on_pass is not None:
             on_pass(k + 1, passes)
     return np.ascontiguousarray(x, dtype=np.float32), exterior
-
-
-def _start(x0, grid: Grid) -> np.ndarray:
-    x0 = np.asarray(x0, dtype=np.float32)
-    if x0.shape != tuple(grid.shape):
-        raise ValueError(f"x0 must have the fine grid's shape {tuple(grid.shape)}, got {x0.shape}")
-    return x0
 
 
 # ---------------------------------------------------------------------------------------------- solvers
@@ -290,15 +289,16 @@ def init_tv_sart(views, proj, grid: Grid, cfg, progress=None, sart: Callable | N
     report = progress or (lambda *_: None)
     x0 = None
     warm = warm if (warm is not None and ini.warm_share > 0 and warm.exterior == exterior) else None
+    two_levels = exterior and coarse and ext.levels == 2
+    tvm = tv0 if tv1 is None else float(np.sqrt(tv0 * tv1))  # the TV weight where the 2x coarser level ends
     if warm is not None:
         x0 = resample(warm.volume, warm.solve, solve, order=1)
         passes = max(1, int(round(passes * ini.warm_share)))
-        if exterior and coarse and ext.levels == 2:  # start where the skipped level would have left the TV weight
-            tv0 = tv0 if tv1 is None else float(np.sqrt(tv0 * tv1))
-    elif exterior and coarse and ext.levels == 2:  # first the low frequencies, on a 2x coarser grid
+        if two_levels:  # the skipped level's work is in the start
+            tv0 = tvm
+    elif two_levels:  # first the low frequencies, on a 2x coarser grid
         low = solve.coarsened(2)
         lviews, lproj = _binned(views, proj, low, coarse_binning(views, low))
-        tvm = tv0 if tv1 is None else float(np.sqrt(tv0 * tv1))
         stage0 = f"coarse TV-SART ({float(low.spacing.max()):.3g} mm)"
         lpasses = init_passes(cfg, ext.level_passes, len(views))
         report(stage0, 0, lpasses)

@@ -583,19 +583,20 @@ class LiveSession:
         shots come faster than a first solve, each restart takes them all and the initialisation from every shot
         starts right after the last; with slower shots an initialisation matures and shows its volume."""
         previews_at_start = self._previews
-        young = [True]
+        young = True
 
         def progress(stage: str, done: int, total: int) -> None:
+            nonlocal young
             self._init_progress = (what, stage, done, total)
             if self._stop or self._reset_requested:
                 raise _Stopped()
             if "TV-SART" in stage and total > 0 and done >= total:
-                young[0] = False
+                young = False
             g = self.live.reinit_growth
             # until this initialisation has handed out a volume, nothing of it is lost by starting again
             if self.live.supersede_init and g > 0 and n_views and self._previews == previews_at_start:
                 waiting = self._waiting_training_views()
-                if waiting and (young[0] or n_views + waiting >= g * n_views):
+                if waiting and (young or n_views + waiting >= g * n_views):
                     raise _Superseded(f"{what} abandoned in its {stage} ({done}/{total}): {waiting} more shots "
                                       f"arrived, it starts again from all {n_views + waiting}")
         return progress

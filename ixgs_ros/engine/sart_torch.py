@@ -253,7 +253,7 @@ def refine_inner(views: Sequence[View], projections, solve_grid: Grid, solve_vol
     ``L_i`` is each ray's length through the *whole* solve grid (the projection of ones on it, at least the fine
     grid's smallest spacing). TV after every pass. One normaliser ``A_i^T 1`` per view stays on the device."""
     views, proj = _check_scan(views, projections)
-    passes, solve_volume = check_refine_args(solve_grid, solve_volume, fine_grid, passes)
+    passes, solve_volume, x0 = check_refine_args(solve_grid, solve_volume, fine_grid, passes, x0)
     weights = tv_schedule(passes, tv_weight, tv_weight_final)
     dev = resolve_device(device)
     inside = fine_grid.contains(solve_grid.world_coords())
@@ -262,11 +262,8 @@ def refine_inner(views: Sequence[View], projections, solve_grid: Grid, solve_vol
         sv = torch.from_numpy(np.ascontiguousarray(solve_volume)).to(dev)
         if x0 is None:
             x = resample(sv, solve_grid, fine_grid).clamp_(min=0.0)
-        else:
-            x0 = np.asarray(x0, dtype=np.float32)
-            if x0.shape != tuple(fine_grid.shape):
-                raise ValueError(f"x0 must have the fine grid's shape {tuple(fine_grid.shape)}, got {x0.shape}")
-            x = torch.from_numpy(np.ascontiguousarray(x0)).to(dev).clamp_(min=0.0)
+        else:  # a copy: the passes update x in place, the caller's start stays as it is
+            x = torch.from_numpy(np.maximum(x0, 0.0)).to(dev)
         if passes == 0:
             return _to_numpy(x), exterior
         # per view, fixed over the passes: 1 / the rays' lengths through the solve grid, the residual the
