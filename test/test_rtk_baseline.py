@@ -347,6 +347,17 @@ def test_view_counts_count_the_views_whose_detector_a_voxel_projects_onto():
     assert counts[4, 4, 4] == len(views) and counts.min() == 0
     behind = Grid.centered(1, 1.0, views[0].source - 50.0 * views[0].R[:, 2])
     assert sg.view_counts(views[:1], behind)[0, 0, 0] == 0
+    # an oblique, anisotropic grid (the counts are built from the affine, axis by axis): the same as projecting
+    # every centre
+    c, s = np.cos(0.4), np.sin(0.4)
+    A = np.eye(4)
+    A[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([21.0, 17.0, 25.0])
+    A[:3, 3] = CENTER - A[:3, :3] @ np.array([6.0, 7.0, 5.0])
+    oblique = Grid((13, 15, 11), A)
+    X = oblique.world_coords().reshape(-1, 3)
+    want = sum(sg.detector_pixels(v, X)[0].astype(np.float32) for v in views)
+    got = sg.view_counts(views, oblique)
+    assert np.array_equal(got.reshape(-1), want) and 0 < got.max() and got.min() < len(views)
 
 
 def test_sart_tv_weight_map_scales_the_tv_voxel_by_voxel():

@@ -45,13 +45,27 @@ def view_counts(views: Sequence[View], grid: Grid) -> np.ndarray:
     """For each voxel of ``grid``, how many of ``views`` see it: its centre lies in front of the source and
     its nearest pixel centre on the detector (as :func:`default_solve_grid` decides it). float32,
     ``grid.shape``. Voxels few views see are those a truncated scan leaves to the prior (see :func:`sart_tv`'s
-    ``tv_weight_map``)."""
+    ``tv_weight_map``).
+
+    The grid's voxel centres are an affine image of their indices, so a view's homogeneous pixel coordinates
+    and depth are sums of one term per index axis: they are built by broadcasting three 1D terms instead of
+    projecting every centre, several times faster on a full-body solve grid."""
     views = check_views(views)
-    X = grid.world_coords().reshape(-1, 3)
-    counts = np.zeros(len(X), dtype=np.float32)
+    shape = tuple(int(s) for s in grid.shape)
+    A = np.asarray(grid.affine, dtype=np.float64)
+    idx = [np.arange(n, dtype=np.float64) for n in shape]
+    counts = np.zeros(shape, dtype=np.float32)
     for v in views:
-        counts += detector_pixels(v, X)[0]
-    return counts.reshape(grid.shape)
+        # (h0, h1, h2) = K (R^T (X - s)) and depth = the camera z, each linear in the voxel index
+        M = np.vstack([v.K @ v.R.T, v.R.T[2:3]])                      # 4 x 3: world offset -> (h, depth)
+        lin, off = M @ A[:3, :3], M @ (A[:3, 3] - v.T_world_source[:3, 3])
+        terms = [[(lin[c, a] * idx[a]).reshape([-1 if b == a else 1 for b in range(3)])
+                  for a in range(3)] for c in range(4)]
+        h0, h1, h2, z = (off[c] + terms[c][0] + terms[c][1] + terms[c][2] for c in range(4))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u, r = np.rint(h0 / h2), np.rint(h1 / h2)
+            counts += (z > 0) & (u >= 0) & (u < v.width) & (r >= 0) & (r < v.height)
+    return counts
 
 
 def _truncated(p: np.ndarray, thr: float, border: int = 2, frac: float = 0.01) -> bool:
