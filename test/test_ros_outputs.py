@@ -150,3 +150,70 @@ def test_generated_tf2_msgs_interoperate_by_type_name_and_hash():
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_intermediate_outputs_take_at_most_their_share_of_the_time():
+    """OutputPublisher with outputs that take 0.2 s: intermediate (Gaussian-stage) volumes arriving every 0.05 s
+    get outputs back to back with max_share 1, and about every 1 s with max_share 0.2 (0.2 s of work, 0.8 s
+    pause), always for the newest volume; a final volume that arrives during the pause gets its outputs at once;
+    and a share outside (0, 1] is refused."""
+    import threading
+    import time
+
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    from ixgs_ros.engine.live import VolumeSnapshot
+    from ixgs_ros.nodes.recon_outputs import OutputPublisher
+    from ixgs_ros.outputs.live import LiveOutputs
+
+    with pytest.raises(ValueError, match="max_share"):
+        LiveOutputConfig(max_share=0.0).validate()
+    with pytest.raises(ValueError, match="max_share"):
+        LiveOutputConfig(max_share=1.5).validate()
+    grid = Grid.centered(4, 1.0, (0.0, 0.0, 0.0))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = rclpy.create_node("ixgs_outputs_pacing", context=ctx)
+        counts = {}
+        for share in (1.0, 0.2):
+            done, lock = [], threading.Lock()
+
+            def compute(snap, config=None, kinds=None):
+                time.sleep(0.2)
+                with lock:
+                    done.append((time.monotonic(), snap.stage, snap.iteration))
+                return LiveOutputs()
+
+            pub = OutputPublisher(node, grid, LiveOutputConfig(max_share=share).validate(), ("mpr",),
+                                  world_frame="world", volume_frame="volume")
+            pub.compute = compute
+            mu = np.zeros(grid.shape, np.float32)
+            t0 = time.monotonic()
+            it = 0
+            while time.monotonic() - t0 < 2.5:
+                it += 1
+                pub.submit(VolumeSnapshot(mu, "gaussian", "", (), it), None)
+                time.sleep(0.05)
+            if share < 1.0:  # in a pause: the final volume's outputs do not wait for it
+                while not done or time.monotonic() - done[-1][0] > 0.2:
+                    time.sleep(0.01)
+                t_final = time.monotonic()
+                pub.submit(VolumeSnapshot(mu, "final", "", (), it + 1), None)
+                deadline = time.monotonic() + 3.0
+                while done[-1][1] != "final" and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert done[-1][1] == "final" and done[-1][0] - t_final < 0.45, done[-3:]
+            pub.stop()
+            gauss = [d for d in done if d[1] == "gaussian"]
+            counts[share] = len(gauss)
+            gaps = np.diff([d[0] for d in gauss])
+            if share < 1.0:
+                assert gaps.min() > 0.9, gaps  # 0.2 s of work, then at least 0.8 s of pause
+            # each computed volume was the newest one submitted when its computation began
+            assert all(b[2] > a[2] + 1 for a, b in zip(gauss, gauss[1:]))
+        assert counts[1.0] >= 9 and counts[0.2] <= 4, counts
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)

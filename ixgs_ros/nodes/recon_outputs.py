@@ -6,7 +6,11 @@ thread computes them (:func:`ixgs_ros.outputs.live.compute_live_outputs`, ROS-fr
 come faster than their outputs, the newest wins: a volume still waiting is replaced, so the outputs follow the
 latest volume and never pile up. Every output topic is latched (reliable, transient local, depth 1): a
 subscriber that comes later gets the outputs of the last volume at once. Each output message carries the
-Volume's stamp, so a consumer can tell which volume it belongs to.
+Volume's stamp, so a consumer can tell which volume it belongs to. The outputs of intermediate volumes (stage
+``gaussian``, every few seconds while the Gaussians optimise and change little) take at most
+``LiveOutputConfig.max_share`` of the time: after outputs that took ``t`` s the next such volume waits until
+``t (1 - share) / share`` s have passed, so meshing does not take the CPU from the optimiser on a small machine;
+previews and the final volume get theirs at once.
 
 Once the bone target (:mod:`.recon_bone`) has published a bone volume, ``bone_markers``, ``bone_meshes`` and
 ``bone_cloud`` come from the bone volumes only (:meth:`OutputPublisher.publish_bone`) until a reset; the MPR
@@ -68,6 +72,7 @@ class OutputPublisher:
                                                    node.get_clock().now().to_msg())]))
         self._cond = threading.Condition()
         self._next = None           # (snapshot, stamp): the newest volume waiting for its outputs
+        self._not_before = 0.0      # monotonic time before which an intermediate volume's outputs wait
         self._stop = False
         self.bone_active = False    # the bone target owns bone_markers / bone_meshes / bone_cloud
         self._publish_lock = threading.Lock()
@@ -92,6 +97,7 @@ class OutputPublisher:
         """New parameters: applied to the next volume, and the last one is computed again with them."""
         with self._cond:
             self.config, self.kinds = config, tuple(kinds)
+            self._not_before = 0.0  # the new parameters' outputs come at once
             if self._next is None and self.latest is not None:
                 self._next = (self.latest[0], self.latest[1], time.monotonic())
             self._cond.notify_all()
@@ -129,11 +135,14 @@ class OutputPublisher:
                 pass
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stop or self._next is not None)
+                while not (self._stop or self._due()):
+                    wait = None if self._next is None else max(0.01, self._not_before - time.monotonic())
+                    self._cond.wait(wait)
                 if self._stop:
                     return
                 (snap, stamp, t_in), self._next = self._next, None
                 config, kinds = self.config, self.kinds
+            t0 = time.monotonic()
             if self.bone_active:
                 kinds = tuple(k for k in kinds if k not in ("mesh", "cloud"))
             try:
@@ -145,10 +154,20 @@ class OutputPublisher:
                 self.log("error", f"outputs of the {snap.stage} volume at iteration {snap.iteration}: "
                                   f"{type(exc).__name__}: {exc}")
                 continue
+            finally:
+                share = float(config.max_share)
+                self._not_before = time.monotonic() + (time.monotonic() - t0) * (1.0 - share) / share
             self.latest = (snap, stamp, outputs)
             self.published += 1
             self.last_latency_s = time.monotonic() - t_in
             self.last_seconds = dict(outputs.seconds)
+
+    def _due(self) -> bool:
+        """Whether the waiting volume's outputs are due (caller holds ``_cond``): at once for a preview or the
+        final volume, for an intermediate one once the share's pause is over."""
+        if self._next is None:
+            return False
+        return self._next[0].stage != "gaussian" or time.monotonic() >= self._not_before
 
     def compute(self, snap, config=None, kinds=None) -> live_outputs.LiveOutputs:
         return live_outputs.compute_live_outputs(snap.mu, self.grid, config or self.config,

@@ -121,6 +121,9 @@ PARAMETERS = {
     "mpr_point_mm": (Parameter.Type.DOUBLE_ARRAY, "World point (mm, 3 numbers) the MPR slices pass through; unset "
                                                   "= the grid centre"),
     "mpr_max_size": (256, "MPR images have at most this many pixels a side"),
+    "outputs_max_share": (0.1, "Share of the time (0-1] the outputs of intermediate Gaussian-stage volumes may take "
+                               "(meshing takes seconds on 2 cores): later ones wait; previews and the final volume "
+                               "get their outputs at once"),
     "output_dir": ("", "Folder for files of the latest outputs (bone.ply, named in bone_meshes.ply_path); '' = "
                        "none"),
     "target": ("auto", "Bone target (as ixgs reconstruct --target): auto = run it when bone views arrive on "
@@ -131,9 +134,9 @@ PARAMETERS = {
 #: Parameters a running node takes without a restart.
 LIVE = {"status_rate_hz", "max_future_s", "outputs", "mesh_threshold_hu", "mesh_max_faces", "mesh_max_pieces",
         "mesh_smooth_iterations", "cloud_threshold_hu", "cloud_max_points", "mpr_point_mm", "mpr_max_size",
-        "takeup_period_s", "takeup_grace_s"}
+        "outputs_max_share", "takeup_period_s", "takeup_grace_s"}
 _OUTPUT_KEYS = ("mesh_threshold_hu", "mesh_max_faces", "mesh_max_pieces", "mesh_smooth_iterations",
-                "cloud_threshold_hu", "cloud_max_points", "mpr_point_mm", "mpr_max_size")
+                "cloud_threshold_hu", "cloud_max_points", "mpr_point_mm", "mpr_max_size", "outputs_max_share")
 
 
 # ------------------------------------------------------------------------------------------ parameters
@@ -193,8 +196,9 @@ def output_config(p: dict):
     if bad:
         raise ValueError(f"outputs: unknown kind(s) {bad}; any of {list(OUTPUT_KINDS)}")
     point = p["mpr_point_mm"]
-    cfg = LiveOutputConfig(**{k: p[k] for k in _OUTPUT_KEYS if k != "mpr_point_mm"},
-                           mpr_point_mm=None if point is None or len(point) == 0 else tuple(point))
+    cfg = LiveOutputConfig(**{k: p[k] for k in _OUTPUT_KEYS if k not in ("mpr_point_mm", "outputs_max_share")},
+                           mpr_point_mm=None if point is None or len(point) == 0 else tuple(point),
+                           max_share=float(p["outputs_max_share"]))
     return cfg.validate(), kinds
 
 
