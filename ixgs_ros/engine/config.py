@@ -163,9 +163,9 @@ class CalibrationConfig:
     """Pose self-calibration (:mod:`ixgs_ros.engine.calibration`): the training views' poses (and optionally
     principal points) are refined by rounds of a quick TV-SART solve and a 2D/3D registration of each view."""
     mode: Literal["auto", "on", "off"] = "auto"  # auto: apply the corrections only when they matter
-    rounds: int = 4                   # solve-and-register rounds before the init
+    rounds: int = 6                   # solve-and-register rounds before the init
     acceleration: int = 3             # Anderson acceleration over this many previous rounds (0: plain rounds)
-    coarsen: int = 4                  # the registration volume: the init's solve grid coarsened by this
+    coarsen: int = 2                  # the registration volume: the init's solve grid coarsened by this
     passes: int = 8                   # TV-SART passes per round (warm-started from the previous round)
     tv_weight: float = 0.03           # TV weight of those passes
     iterations: int = 6               # Levenberg-Marquardt iterations per view and round
