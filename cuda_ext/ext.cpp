@@ -2,6 +2,7 @@
 #include "ixgs_kernels.h"
 #include "cpu_common.h"
 #include "splat_math.h"
+#include "project.h"
 #include "tv.h"
 
 #include <torch/csrc/utils/pybind.h>  // pybind11 + tensor casters (much lighter than torch/extension.h)
@@ -48,6 +49,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rasterize_backward", &ixgs::rasterize_backward, "Additive 2D splat rasterizer (backward)");
   m.def("voxelize_forward", &ixgs::voxelize_forward, "Gaussian voxelizer (forward)");
   m.def("voxelize_backward", &ixgs::voxelize_backward, "Gaussian voxelizer (backward)");
+  m.def("project_forward", &ixgs::project_forward, "Per-Gaussian projection into one view (forward)");
+  m.def("project_backward", &ixgs::project_backward, "Per-Gaussian projection into one view (backward)");
   m.def("tv_rof", &ixgs::tv_rof, "Total-variation (ROF) denoising, Chambolle-Pock iterations");
   m.def("set_poison_outputs", &ixgs::set_poison_outputs, "Fill kernel outputs with NaN before writing (tests)");
   m.def("poison_outputs", &ixgs::poison_outputs);

@@ -39,8 +39,9 @@ Options and conventions
 * Pixel ``(u, v) = (column, row)`` has its centre at integer coordinates (see :mod:`ixgs_ros.core.geometry`).
 
 Structure (as gsplat): :func:`project_gaussians` computes per-Gaussian ``mean2d``, ``conic`` (``Sigma_hat^-1`` as
-``(a, b, c)`` for ``[[a, b], [b, c]]``), ``weight = rho mu`` and ``radius`` in differentiable torch (shared by all
-backends); :func:`rasterize` sums the splats. Its backends are ``"torch"`` (pure torch reference, autograd) and
+``(a, b, c)`` for ``[[a, b], [b, c]]``), ``weight = rho mu`` and ``radius`` in differentiable torch (the reference,
+used by the ``torch`` and ``cuda`` backends); the ``cpp`` backend computes the same per Gaussian in one fused C++
+pass with an explicit backward (:func:`project_gaussians_cpp`); :func:`rasterize` sums the splats. Its backends are ``"torch"`` (pure torch reference, autograd) and
 ``"cpp"`` (C++/OpenMP kernel with explicit backward, :mod:`ixgs_ros.engine.kernels`) and ``"cuda"`` (the CUDA
 kernels, :mod:`ixgs_ros.engine.kernels_cuda`); ``"auto"`` picks ``"cpp"`` for CPU tensors when the extension is
 available (built on first use), ``"cuda"`` for CUDA tensors once those kernels are verified on a GPU
@@ -64,6 +65,7 @@ __all__ = [
     "quat_to_rotmat",
     "covariance_from_scale_rot",
     "project_gaussians",
+    "project_gaussians_cpp",
     "rasterize",
     "render",
     "render_batch",
@@ -289,6 +291,44 @@ def resolve_backend(backend: str, device) -> str:
     return backend
 
 
+class _ProjectCpp(torch.autograd.Function):
+    """:func:`project_gaussians` by the fused C++ kernel (``cuda_ext/project_cpu.cpp``): the same expressions per
+    Gaussian, with their chain rule written out as the backward."""
+
+    @staticmethod
+    def forward(ctx, means, scales, quats, density, camera, eps2d, near, width, height):
+        mod = _native_module()
+        means, scales, quats, density = (t.contiguous() for t in (means, scales, quats, density))
+        mean2d, conic, weight, radius, depth = mod.project_forward(means, scales, quats, density, camera,
+                                                                   float(eps2d), float(near), float(SIGMA_CUTOFF),
+                                                                   int(width), int(height))
+        ctx.save_for_backward(means, scales, quats, density, camera)
+        ctx.consts = (float(eps2d), float(near))
+        ctx.mark_non_differentiable(radius, depth)
+        return mean2d, conic, weight, radius, depth
+
+    @staticmethod
+    def backward(ctx, g_mean2d, g_conic, g_weight, _g_radius, _g_depth):
+        means, scales, quats, density, camera = ctx.saved_tensors
+        zeros = [torch.zeros_like(t) if g is None else g.contiguous()
+                 for g, t in ((g_mean2d, means[:, :2]), (g_conic, means), (g_weight, density))]
+        g = _native_module().project_backward(means, scales, quats, density, camera, *ctx.consts, *zeros)
+        return (*g, None, None, None, None, None)
+
+
+def project_gaussians_cpp(means, scales, quats, density, K, T_world_source, width: int, height: int, *,
+                          eps2d: float = 0.0, near: float = NEAR_MM) -> Projected:
+    """:func:`project_gaussians` on CPU tensors by the C++ kernel (same values to float rounding, same
+    gradients; ``depth`` carries none)."""
+    _check_inputs(means, scales, quats, density)
+    K = _as_tensor(K, means, (3, 3), "K").double()
+    T = _as_tensor(T_world_source, means, (4, 4), "T_world_source").double()
+    camera = torch.cat([T[:3, :3].reshape(-1), T[:3, 3], K[0, 0:3], K[1, 1:3]]).cpu().contiguous()
+    mean2d, conic, weight, radius, depth = _ProjectCpp.apply(means, scales, quats, density, camera, eps2d, near,
+                                                             int(width), int(height))
+    return Projected(mean2d, conic, weight, radius, depth)
+
+
 # ----------------------------------------------------------------------------------------------- rasterizer
 def _pixel_boxes(mean2d, radius, width, height):
     """Inclusive integer pixel boxes ``(x0, x1, y0, y1)`` of each splat (empty when x0 > x1 or y0 > y1)."""
@@ -385,8 +425,8 @@ def render(means, scales, quats, density, K, T_world_source, width: int, height:
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     backend_resolved = resolve_backend(backend, means.device)
-    proj = project_gaussians(means, scales, quats, density, K, T_world_source, width, height, eps2d=eps2d,
-                             near=near)
+    project = project_gaussians_cpp if backend_resolved == "cpp" else project_gaussians
+    proj = project(means, scales, quats, density, K, T_world_source, width, height, eps2d=eps2d, near=near)
     return rasterize(proj.mean2d, proj.conic, proj.weight, proj.radius, width, height, backend=backend_resolved)
 
 
