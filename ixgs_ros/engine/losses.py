@@ -31,19 +31,25 @@ def ssim(img: torch.Tensor, ref: torch.Tensor, data_range: float | torch.Tensor 
 
 def ssim_map(img: torch.Tensor, ref: torch.Tensor, data_range: float | torch.Tensor = 1.0, size: int = 11,
              sigma: float = 1.5) -> torch.Tensor:
-    """SSIM map ``[B, H - size + 1, W - size + 1]`` of two images ``[H, W]`` or ``[B, H, W]`` ('valid' borders)."""
+    """SSIM map ``[B, H - size + 1, W - size + 1]`` of two images ``[H, W]`` or ``[B, H, W]`` ('valid' borders).
+
+    The five local moments (means, second moments, cross moment) are one grouped convolution with the Gaussian
+    window, applied as its two 1D factors (the 2D window is their outer product): the same filter as one 2D
+    convolution per moment, at a fraction of the cost, backward included."""
     if img.ndim == 2:
         img, ref = img[None], ref[None]
     x, y = img[:, None], ref[:, None]
-    w = gaussian_window(size, sigma, img.dtype).to(img.device)
+    g = _window(size, sigma, img.dtype)[0, 0].sum(1).to(img.device)  # the 1D factor
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
-    mx, my = F.conv2d(x, w), F.conv2d(y, w)
-    sxx = F.conv2d(x * x, w) - mx * mx
-    syy = F.conv2d(y * y, w) - my * my
-    sxy = F.conv2d(x * y, w) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return s[:, 0]
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    m = F.conv2d(F.conv2d(moments, g.reshape(1, 1, size, 1).expand(5, 1, size, 1), groups=5),
+                 g.reshape(1, 1, 1, size).expand(5, 1, 1, size), groups=5)
+    mx, my, exx, eyy, exy = m.unbind(1)
+    sxx = exx - mx * mx
+    syy = eyy - my * my
+    sxy = exy - mx * my
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
 
 
 def tv_3d(vol: torch.Tensor) -> torch.Tensor:
