@@ -108,3 +108,26 @@ def test_gaussians_outside_the_grid_and_empty_input():
 def test_rejects_non_grid():
     with pytest.raises(ValueError, match="Grid"):
         vx.voxelize(*_gaussians(2), (8, 8, 8), backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_a_small_sub_grid_skips_far_gaussians_with_the_same_values_and_gradients(backend):
+    """On a 5^3 corner of a grid, most of 300 Gaussians are too far to reach it (they are skipped before their
+    extents are computed): its values and the gradients of a weighted sum of them equal those of the same
+    voxels of the full grid, for every Gaussian; the far ones get zero gradient."""
+    grid = _rotated_grid((24, 22, 20))
+    args = _gaussians(300, seed=6, spread=40.0)
+    sub = vx.sub_grid(grid, (1, 2, 3), (5, 5, 5))
+    w = torch.rand(5, 5, 5, generator=torch.Generator().manual_seed(0), dtype=args[0].dtype)
+    grads = []
+    for g, sl in ((sub, (slice(None),) * 3), (grid, (slice(1, 6), slice(2, 7), slice(3, 8)))):
+        leaves = [t.clone().requires_grad_() for t in args]
+        vol = vx.voxelize(*leaves, g, backend=backend)[sl]
+        grads.append((vol.detach(), torch.autograd.grad((vol * w).sum(), leaves)))
+    (vs, gs), (vf, gf) = grads
+    assert float(vs.abs().sum()) > 0
+    torch.testing.assert_close(vs, vf, rtol=1e-12, atol=1e-15)
+    for a, b in zip(gs, gf):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    untouched = (gs[3] == 0)
+    assert untouched.float().mean() > 0.5  # most Gaussians do not reach the corner

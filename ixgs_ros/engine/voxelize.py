@@ -167,6 +167,16 @@ def voxelize(means, scales, quats, density, grid: Grid, *, backend: str = "auto"
 
     _check_inputs(means, scales, quats, density)
     be = resolve_backend(backend, means.device)
+    with torch.no_grad():
+        # a Gaussian's 3-sigma world box lies within 3 x its largest scale of its centre: those farther from the
+        # grid's box cannot reach it, so a small (sub-)grid skips their extents and bounds
+        lo, hi = (torch.as_tensor(b, dtype=means.dtype, device=means.device) for b in grid.bounds())
+        r = SIGMA_CUTOFF * scales.detach().abs().amax(1, keepdim=True)
+        m = means.detach()
+        near = ((m + r >= lo) & (m - r <= hi)).all(1) | ~torch.isfinite(r[:, 0])
+    if int(near.sum()) < 0.5 * means.shape[0]:
+        sel = torch.nonzero(near).flatten()
+        means, scales, quats, density = means[sel], scales[sel], quats[sel], density[sel]
     extent = _world_extent(scales, quats).to(means.dtype)
     bounds = _index_bounds(means, extent, grid)
     with torch.no_grad():
