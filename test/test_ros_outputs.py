@@ -167,10 +167,10 @@ def test_intermediate_outputs_take_at_most_their_share_of_the_time():
     from ixgs_ros.nodes.recon_outputs import OutputPublisher
     from ixgs_ros.outputs.live import LiveOutputs
 
-    with pytest.raises(ValueError, match="max_share"):
-        LiveOutputConfig(max_share=0.0).validate()
-    with pytest.raises(ValueError, match="max_share"):
-        LiveOutputConfig(max_share=1.5).validate()
+    with pytest.raises(ValueError, match="outputs_max_share"):
+        LiveOutputConfig(outputs_max_share=0.0).validate()
+    with pytest.raises(ValueError, match="outputs_max_share"):
+        LiveOutputConfig(outputs_max_share=1.5).validate()
     grid = Grid.centered(4, 1.0, (0.0, 0.0, 0.0))
     ctx = rclpy.Context()
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
@@ -186,7 +186,7 @@ def test_intermediate_outputs_take_at_most_their_share_of_the_time():
                     done.append((time.monotonic(), snap.stage, snap.iteration))
                 return LiveOutputs()
 
-            pub = OutputPublisher(node, grid, LiveOutputConfig(max_share=share).validate(), ("mpr",),
+            pub = OutputPublisher(node, grid, LiveOutputConfig(outputs_max_share=share).validate(), ("mpr",),
                                   world_frame="world", volume_frame="volume")
             pub.compute = compute
             mu = np.zeros(grid.shape, np.float32)

@@ -35,10 +35,14 @@ def detector_pixels(view: View, points: np.ndarray) -> tuple[np.ndarray, np.ndar
     """``(on_detector, column, row)`` of world ``points`` [N, 3] in ``view``: the nearest pixel centre (rounded,
     float) and whether the point lies in front of the source and that pixel on the detector."""
     uv, z = view.project(points)
+    u, r = np.rint(uv[:, 0]), np.rint(uv[:, 1])
+    return _on_detector(view, u, r, z), u, r
+
+
+def _on_detector(view: View, u, r, z):
+    """Whether rounded pixel ``(u, r)`` at depth ``z`` lies in front of the source and on ``view``'s detector."""
     with np.errstate(invalid="ignore"):
-        u, r = np.rint(uv[:, 0]), np.rint(uv[:, 1])
-        inside = (z > 0) & (u >= 0) & (u < view.width) & (r >= 0) & (r < view.height)
-    return inside, u, r
+        return (z > 0) & (u >= 0) & (u < view.width) & (r >= 0) & (r < view.height)
 
 
 def view_counts(views: Sequence[View], grid: Grid) -> np.ndarray:
@@ -64,7 +68,7 @@ def view_counts(views: Sequence[View], grid: Grid) -> np.ndarray:
         h0, h1, h2, z = (off[c] + terms[c][0] + terms[c][1] + terms[c][2] for c in range(4))
         with np.errstate(divide="ignore", invalid="ignore"):
             u, r = np.rint(h0 / h2), np.rint(h1 / h2)
-            counts += (z > 0) & (u >= 0) & (u < v.width) & (r >= 0) & (r < v.height)
+        counts += _on_detector(v, u, r, z)
     return counts
 
 

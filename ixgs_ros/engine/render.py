@@ -41,11 +41,11 @@ Options and conventions
 Structure (as gsplat): :func:`project_gaussians` computes per-Gaussian ``mean2d``, ``conic`` (``Sigma_hat^-1`` as
 ``(a, b, c)`` for ``[[a, b], [b, c]]``), ``weight = rho mu`` and ``radius`` in differentiable torch (the reference,
 used by the ``torch`` and ``cuda`` backends); the ``cpp`` backend computes the same per Gaussian in one fused C++
-pass with an explicit backward (:func:`project_gaussians_cpp`); :func:`rasterize` sums the splats. Its backends are ``"torch"`` (pure torch reference, autograd) and
-``"cpp"`` (C++/OpenMP kernel with explicit backward, :mod:`ixgs_ros.engine.kernels`) and ``"cuda"`` (the CUDA
-kernels, :mod:`ixgs_ros.engine.kernels_cuda`); ``"auto"`` picks ``"cpp"`` for CPU tensors when the extension is
-available (built on first use), ``"cuda"`` for CUDA tensors once those kernels are verified on a GPU
-(:data:`CUDA_VERIFIED`), and ``"torch"`` otherwise.
+pass with an explicit backward (:func:`project_gaussians_cpp`); :func:`rasterize` sums the splats. Its backends
+are ``"torch"`` (pure torch reference, autograd), ``"cpp"`` (C++/OpenMP kernel with explicit backward,
+:mod:`ixgs_ros.engine.kernels`) and ``"cuda"`` (the CUDA kernels, :mod:`ixgs_ros.engine.kernels_cuda`);
+``"auto"`` picks ``"cpp"`` for CPU tensors when the extension is available (built on first use), ``"cuda"`` for
+CUDA tensors once those kernels are verified on a GPU (:data:`CUDA_VERIFIED`), and ``"torch"`` otherwise.
 """
 from __future__ import annotations
 
@@ -310,9 +310,9 @@ class _ProjectCpp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_mean2d, g_conic, g_weight, _g_radius, _g_depth):
         means, scales, quats, density, camera = ctx.saved_tensors
-        zeros = [torch.zeros_like(t) if g is None else g.contiguous()
+        grads = [torch.zeros_like(t) if g is None else g.contiguous()
                  for g, t in ((g_mean2d, means[:, :2]), (g_conic, means), (g_weight, density))]
-        g = _native_module().project_backward(means, scales, quats, density, camera, *ctx.consts, *zeros)
+        g = _native_module().project_backward(means, scales, quats, density, camera, *ctx.consts, *grads)
         return (*g, None, None, None, None, None)
 
 

@@ -38,7 +38,7 @@ def _rof_native(f: torch.Tensor, weight: float, iterations: int, weight_map: tor
     from .render import _native_module
 
     mod = _native_module()
-    if mod is None or not hasattr(mod, "tv_rof"):
+    if mod is None:
         return None
     w = _bound(weight, weight_map)
     w = torch.full((1,), float(w), dtype=f.dtype) if not torch.is_tensor(w) else w.to(f.dtype).contiguous()

@@ -8,7 +8,7 @@ latest volume and never pile up. Every output topic is latched (reliable, transi
 subscriber that comes later gets the outputs of the last volume at once. Each output message carries the
 Volume's stamp, so a consumer can tell which volume it belongs to. The outputs of intermediate volumes (stage
 ``gaussian``, every few seconds while the Gaussians optimise and change little) take at most
-``LiveOutputConfig.max_share`` of the time: after outputs that took ``t`` s the next such volume waits until
+``LiveOutputConfig.outputs_max_share`` of the time: after outputs that took ``t`` s the next such volume waits until
 ``t (1 - share) / share`` s have passed, so meshing does not take the CPU from the optimiser on a small machine;
 previews and the final volume get theirs at once.
 
@@ -155,8 +155,8 @@ class OutputPublisher:
                                   f"{type(exc).__name__}: {exc}")
                 continue
             finally:
-                share = float(config.max_share)
-                self._not_before = time.monotonic() + (time.monotonic() - t0) * (1.0 - share) / share
+                share, now = float(config.outputs_max_share), time.monotonic()
+                self._not_before = now + (now - t0) * (1.0 - share) / share
             self.latest = (snap, stamp, outputs)
             self.published += 1
             self.last_latency_s = time.monotonic() - t_in

@@ -196,9 +196,8 @@ def output_config(p: dict):
     if bad:
         raise ValueError(f"outputs: unknown kind(s) {bad}; any of {list(OUTPUT_KINDS)}")
     point = p["mpr_point_mm"]
-    cfg = LiveOutputConfig(**{k: p[k] for k in _OUTPUT_KEYS if k not in ("mpr_point_mm", "outputs_max_share")},
-                           mpr_point_mm=None if point is None or len(point) == 0 else tuple(point),
-                           max_share=float(p["outputs_max_share"]))
+    cfg = LiveOutputConfig(**{k: p[k] for k in _OUTPUT_KEYS if k != "mpr_point_mm"},
+                           mpr_point_mm=None if point is None or len(point) == 0 else tuple(point))
     return cfg.validate(), kinds
 
 

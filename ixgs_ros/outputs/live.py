@@ -44,7 +44,7 @@ class LiveOutputConfig:
     cloud_max_points: int = 100_000
     mpr_point_mm: tuple | None = None      # None: the grid centre
     mpr_max_size: int = 256                # pixels a side at most
-    max_share: float = 0.1                 # the outputs of intermediate (Gaussian-stage) volumes take at most this
+    outputs_max_share: float = 0.1         # the outputs of intermediate (Gaussian-stage) volumes take at most this
                                            # share of the time; previews and the final volume get theirs at once
 
     def validate(self) -> "LiveOutputConfig":
@@ -59,8 +59,9 @@ class LiveOutputConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        if not (isinstance(self.max_share, (int, float)) and 0.0 < self.max_share <= 1.0):
-            raise ValueError(f"max_share must be in (0, 1], got {self.max_share!r}")
+        share = self.outputs_max_share
+        if not (isinstance(share, (int, float)) and 0.0 < share <= 1.0):
+            raise ValueError(f"outputs_max_share must be in (0, 1], got {share!r}")
         if self.mpr_point_mm is not None:
             p = np.asarray(self.mpr_point_mm, dtype=np.float64)
             if p.shape != (3,) or not np.all(np.isfinite(p)):
