@@ -129,7 +129,7 @@ def run_one(views, proj, grid, gt, overrides: dict, true_views):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="output directory (required unless --summarise)")
     ap.add_argument("--scan", default=None, help="full-body scan directory (default: DIR/scan, simulated once)")
     ap.add_argument("--views", default="12,25")
     ap.add_argument("--noise", default="0.5/1,1/2", help="DEG/MM per view, comma-separated")
@@ -159,6 +159,8 @@ def main(argv=None) -> int:
     from ixgs_ros.core.volume import Grid, load_nifti
     from ixgs_ros.evaluation.pose_accuracy import reprojection_error, roi_points
 
+    if not a.out:
+        ap.error("--out is required")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     counts = sorted({int(x) for x in a.views.split(",") if x.strip()})
@@ -232,7 +234,9 @@ def summarise(runs) -> list[dict]:
                "time_added": on["result"]["wall_s"] / off["result"]["wall_s"] - 1.0,
                "calibration_s": on["result"]["calibration"].get("time_s", 0.0),
                "calibration_share": on["result"]["calibration"].get("time_s", 0.0) / off["result"]["wall_s"],
-               "flagged": on["result"]["flagged"], "outlier_view": on.get("outlier_view")}
+               "flagged": on["result"]["flagged"], "outlier_view": on.get("outlier_view"),
+               # how much more consistent the corrections made the views (auto applies them from auto_min_gain)
+               "consistency_gain": (on["result"]["calibration"].get("consistency") or {}).get("gain")}
         if "auto" in modes:
             row["psnr_auto"] = modes["auto"]["result"]["psnr"]
             row["auto_decision"] = modes["auto"]["result"]["calibration"].get("decision", "")
@@ -253,8 +257,9 @@ def summarise(runs) -> list[dict]:
 def table(results) -> str:
     lines = ["| views | poses | PSNR exact | PSNR given | PSNR refined | recovered | gauge-aligned: given -> refined "
              "(recovered) | SSIM given / refined | "
-             "reproj. given -> refined (px) | refinement time / reconstruction (wall-time difference) | flagged |",
-             "|" + "---|" * 11]
+             "reproj. given -> refined (px) | data-fit gain | refinement time / reconstruction (wall-time difference) "
+             "| flagged |",
+             "|" + "---|" * 12]
     for r in results.get("summary", []):
         rec = f"{100 * r['recovered']:.0f} %" if "recovered" in r else ("-" if r["case"] != "exact" else
                                                                         f"{r['psnr_on'] - r['psnr_off']:+.2f} dB")
@@ -270,9 +275,10 @@ def table(results) -> str:
         al = (f"{r['psnr_off_aligned']:.2f} -> {r['psnr_on_aligned']:.2f}" if "psnr_off_aligned" in r else "-")
         if "recovered_aligned" in r:
             al += f" ({100 * r['recovered_aligned']:.0f} %)"
+        gain = f"{100 * r['consistency_gain']:.0f} %" if r.get("consistency_gain") is not None else "-"
         lines.append(f"| {r['views']} | {r['case']} | {ex} | {r['psnr_off']:.2f} | {r['psnr_on']:.2f} | {rec} | {al} | "
                      f"{r['ssim_off']:.4f} / {r['ssim_on']:.4f} | {r['reproj_off_px']:.2f} -> "
-                     f"{r['reproj_on_px']:.2f} | {tadd} | {fl} |")
+                     f"{r['reproj_on_px']:.2f} | {gain} | {tadd} | {fl} |")
     return "\n".join(lines) + "\n"
 
 

@@ -209,6 +209,39 @@ def test_auto_applies_corrections_only_when_they_matter(noisy):
     assert few.calibration.summary == {}  # fewer training views than min_views: never refined
 
 
+def test_auto_applies_only_corrections_that_make_the_views_more_consistent(noisy):
+    # real pose errors: a quick solve from the corrected poses fits the images markedly better
+    eng = reconstruct(noisy, "auto", **{"calibration.rounds": 2})
+    c = eng.calibration.summary["consistency"]
+    assert eng.calibration.summary["applied"] and c["gain"] >= EngineConfig().calibration.auto_min_gain
+    assert c["misfit_corrected"] < c["misfit_given"]
+    # the same corrections, held to a gain they cannot reach: declined, the poses stay as given, no flags
+    strict = reconstruct(noisy, "auto", **{"calibration.rounds": 2, "calibration.auto_min_gain": 0.95})
+    s = strict.calibration.summary
+    assert not s["applied"] and "more consistent" in s["decision"] and s["flagged"] == []
+    assert s["consistency"]["gain"] == pytest.approx(c["gain"])
+    assert all(vd.view is v for vd, v in zip(strict.views, noisy))
+    # `on` applies them whatever the gain, and reports it
+    on = reconstruct(noisy, "on", **{"calibration.rounds": 2, "calibration.auto_min_gain": 0.95})
+    assert on.calibration.summary["applied"] and "consistency" in on.calibration.summary
+
+
+def test_a_round_step_is_measured_in_image_pixels():
+    from ixgs_ros.engine.calibration import _step_px
+
+    v = TRUE[2]
+    pivot = np.zeros(3)
+    t = 2.0 * v.R[:, 0]  # the source moved 2 mm along the image columns: the pivot moves f * 2 / depth px
+    q = np.r_[0, 0, 0, t, 0, 0]
+    depth = float(v.world_to_camera(pivot[None])[0, 2])
+    expect = v.K[0, 0] * 2.0 / depth
+    p0 = np.zeros((2, 8))
+    q2 = np.stack([q, np.zeros(8)])
+    assert _step_px([v, v], p0, q2, pivot, [True, False]) == pytest.approx(expect, rel=1e-6)
+    assert _step_px([v, v], p0, q2, pivot, [True, True]) == pytest.approx(expect / np.sqrt(2), rel=1e-6)
+    assert _step_px([v, v], p0, q2, pivot, [False, False]) == 0.0
+
+
 def test_state_round_trip_keeps_the_corrections_and_v2_states_still_load(noisy_on, tmp_path):
     noisy_on.save(tmp_path / "s")
     meta = json.loads((tmp_path / "s" / "state.json").read_text())
@@ -255,6 +288,8 @@ def test_calibration_config_is_validated():
         EngineConfig.from_dict({"calibration.mode": "sometimes"})
     with pytest.raises(EngineError, match="calibration"):
         EngineConfig.from_dict({"calibration.rounds": 0})
+    with pytest.raises(EngineError, match="auto_min_gain"):
+        EngineConfig.from_dict({"calibration.auto_min_gain": 1.0})
     assert EngineConfig().calibration.mode == "auto"
 
 
@@ -307,6 +342,7 @@ def test_live_session_reports_the_refined_poses_and_names_the_flagged_shot(tmp_p
     assert st.state == "converged"
     pc = st.to_dict()["pose_calibration"]
     assert pc["applied"] and pc["flagged_view_ids"] == ["shot6"] and pc["file"] == str(poses)
+    assert pc["consistency_gain"] > 0  # the corrected shots fit a quick solve better
     assert "'shot6'" in st.message and "implausible" in st.message
     assert any(level == "warn" and "'shot6'" in text for level, text in logs)
     doc = json.loads(poses.read_text())

@@ -106,8 +106,10 @@ def run(args) -> int:
     cal = result.engine.calibration.summary
     if cal:
         flagged = ", ".join(map(str, cal["flagged"])) or "none"
+        gain = (f"; data fit {100 * cal['consistency']['gain']:.1f} % better with the corrections"
+                if "consistency" in cal else "")
         print(f"pose refinement: {cal['decision']}; RMS shift of the ROI centre {cal['rms_shift_px']:.2f} px, "
-              f"largest rotation {cal['max_rotation_deg']:.2f} deg; flagged views: {flagged} -> "
+              f"largest rotation {cal['max_rotation_deg']:.2f} deg{gain}; flagged views: {flagged} -> "
               f"{paths['refined_poses']}")
     print(f"done in {rep['wall_time_s']:.1f} s: {rep['num_gaussians']} Gaussians, volume -> {paths['volume']}")
     if "metrics_3d" in rep:

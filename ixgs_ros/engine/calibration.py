@@ -12,14 +12,21 @@ The cascade (:func:`calibrated_init`, config section ``calibration``):
    Levenberg-Marquardt on its DRR), the corrections are composed, and the gauge is fixed
    (:func:`~ixgs_ros.engine.registration.fix_gauge`: no global rotation, translation or scaling, measured on
    the views that are not flagged);
-3. ``calibration.rounds`` times; then the engine's normal init runs on the corrected views.
+3. ``calibration.rounds`` times, Anderson-accelerated over the rounds (restarted when a round moves the poses
+   more than the one before: the extrapolation overshot); then the engine's normal init runs on the corrected
+   views.
 
-``auto`` (the default) runs the first round and keeps its corrections only when they matter: when their RMS
-displacement of the ROI centre reaches ``calibration.auto_min_shift_px`` detector pixels (a correction below
-that is indistinguishable from the registration's own scatter on exact poses); else the poses stay as given
-(no flags) and the normal init follows: the time of one round is all that ``auto`` costs on exact poses. ``on``
-always applies them; ``off`` skips it. Scans with fewer than ``calibration.min_views`` training views are never
-refined (the registration volume of so few views is too streaky to register against).
+``auto`` (the default) runs the first round and goes on only when its corrections matter: when their RMS
+displacement of the ROI centre reaches ``calibration.auto_min_shift_px`` detector pixels (a correction below that
+is indistinguishable from the registration's own scatter on exact poses); else the poses stay as given (no flags)
+and the normal init follows: the time of one round is all that ``auto`` costs on exact poses. After the last round
+it keeps the corrections only when they make the views markedly more consistent: a quick solve from the corrected
+poses must fit the images with an RMS misfit lower, by at least the fraction ``calibration.auto_min_gain``, than
+the first round's solve from the poses as given. Images that disagree for other reasons (residual scatter, vendor
+processing left by the standardization) pull the registration too, but its corrections then buy little consistency,
+and fitting them costs accuracy. ``on`` always applies them (and reports the gain); ``off`` skips it. Scans with
+fewer than ``calibration.min_views`` training views are never refined (the registration volume of so few views is
+too streaky to register against).
 
 A view is *flagged* when its correction is implausibly large for a tracked C-arm (a moved patient, a wrong
 pose, a mixed-up shot): a rotation above ``max(flag_rotation_deg, flag_factor x the median)``, a source
@@ -246,6 +253,8 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
     decision = "applied"
     hist: list[tuple[np.ndarray, np.ndarray]] = []  # (corrections in, corrections out) of each round
     ncc0 = ncc1 = np.zeros(len(idx))
+    last_step = np.inf  # RMS image displacement of the ROI centre made by the previous round
+    misfit0 = np.zeros((len(idx), 2))  # per view: squared residual and pixel count against the first volume
     for r in range(c.rounds):
         cur = [corrected_view(g, q) for g, q in zip(given, p)]
         pairs = [bin_view(v, im, b) for v, im in zip(cur, proj)]
@@ -267,6 +276,8 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
             drr = model.sample(v, with_jacobian=False)[0]
             ncc0[k] = _ncc(drr, im) if m is None else _ncc(drr[m], im[m])
             ncc1[k] = res.ncc
+            if r == 0:
+                misfit0[k] = _sq_misfit(drr, im, m)
         new = np.stack([compose(q, dp) for q, dp in zip(p, dps)])
         sizes = [correction_sizes(g, q, pivot) for g, q in zip(given, new)]
         flags = _flags(sizes, ncc1, c)
@@ -279,8 +290,35 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
             p = np.zeros_like(p)
             flags = {}
             break
+        trusted = np.array([k not in flags for k in range(len(idx))])
+        step = _step_px(given, p, new, pivot, trusted)
+        if step > last_step:  # the round moved the poses more than the one before: the extrapolation overshot,
+            hist = []         # so restart the acceleration from this round's plain output
+        last_step = step
         hist = (hist + [(p, new)])[-(c.acceleration + 1):]
-        p = _anderson(hist, trusted=np.array([k not in flags for k in range(len(idx))]))
+        p = _anderson(hist, trusted=trusted)
+    consistency = None
+    if decision == "applied" and not cal.applied:
+        # how much more consistent the corrections make the views (auto requires a marked gain): a quick solve
+        # from the corrected poses, started as the first round's was, against that first one, over the views it
+        # uses
+        use = [k for k in range(len(idx)) if k not in flags or not c.exclude_flagged]
+        pairs = [bin_view(corrected_view(given[k], p[k]), proj[k], b) for k in use]
+        bv, bp = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
+        x1 = solver.sart_tv(bv, bp, rgrid, init_solve.init_passes(cfg, c.passes, len(use)), c.tv_weight,
+                            lam=cfg.init.relaxation)
+        model = DrrModel(x1, rgrid, device=cfg.device)
+        m1 = np.stack([_sq_misfit(model.sample(v, with_jacobian=False)[0], im, bmasks[k])
+                       for k, v, im in zip(use, bv, bp)])
+        before, after = _rms(misfit0[use]), _rms(m1)
+        gain = 1.0 - after / max(before, 1e-30)
+        consistency = {"misfit_given": before, "misfit_corrected": after, "gain": gain}
+        if c.mode == "auto" and gain < c.auto_min_gain:
+            decision = (f"auto: not applied (the corrections make the views only {100 * gain:.1f} % more "
+                        f"consistent, < {100 * c.auto_min_gain:g} %: differences between the images themselves, "
+                        "not pose errors)")
+            p = np.zeros_like(p)
+            flags = {}
     eng._report(stage, c.rounds, c.rounds)
     for k, i in enumerate(idx):
         cal.set(eng, i, p[k])
@@ -300,6 +338,8 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
         "max_rotation_deg": float(max(s["rotation_deg"] for s in sizes)),
         "max_translation_mm": float(max(s["translation_mm"] for s in sizes)),
     }
+    if consistency is not None:  # the data-fit test (RMS line-integral misfit of a quick solve)
+        cal.summary["consistency"] = consistency
     out_views = [eng.views[i].view for i in idx]
     init = init_solve.init_tv_sart(out_views, proj, eng.grid, cfg, progress=eng._report, warm=warm, show=show)
     return init, out_views
@@ -327,12 +367,33 @@ def _anderson(hist: list[tuple[np.ndarray, np.ndarray]], trusted=None) -> np.nda
     return last
 
 
+def _step_px(given, p, q, point, trusted) -> float:
+    """RMS over the ``trusted`` views of how far the world ``point`` moves in the image between the corrections
+    ``p`` and ``q`` of the views as ``given`` (detector pixels): the size of one round's fixed-point step."""
+    d = [np.linalg.norm(corrected_view(g, a).project(point[None])[0] - corrected_view(g, b).project(point[None])[0])
+         for g, a, b, t in zip(given, p, q, trusted) if t]
+    return float(np.sqrt(np.mean(np.square(d)))) if d else 0.0
+
+
 def _lattice(grid, n: int = 4) -> np.ndarray:
     """``[n**3, 3]`` world points spanning ``grid``'s voxel centres."""
     lo = grid.index_to_world(np.zeros(3))
     hi = grid.index_to_world(np.asarray(grid.shape, dtype=np.float64) - 1.0)
     ax = [np.linspace(a, b, n) for a, b in zip(lo, hi)]
     return np.stack(np.meshgrid(*ax, indexing="ij"), -1).reshape(-1, 3)
+
+
+def _sq_misfit(drr, image, mask) -> tuple[float, int]:
+    """(sum of squared residuals, pixel count) of a DRR against its image over the ``mask`` (None: all)."""
+    r = np.asarray(drr, np.float64) - np.asarray(image, np.float64)
+    r = r if mask is None else r[mask]
+    return float((r * r).sum()), int(r.size)
+
+
+def _rms(parts) -> float:
+    """The RMS residual of ``[N, 2]`` (sum of squares, count) rows."""
+    parts = np.asarray(parts, np.float64).reshape(-1, 2)
+    return float(np.sqrt(parts[:, 0].sum() / max(parts[:, 1].sum(), 1.0)))
 
 
 def _ncc(a, b) -> float:

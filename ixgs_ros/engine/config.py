@@ -163,9 +163,9 @@ class CalibrationConfig:
     """Pose self-calibration (:mod:`ixgs_ros.engine.calibration`): the training views' poses (and optionally
     principal points) are refined by rounds of a quick TV-SART solve and a 2D/3D registration of each view."""
     mode: Literal["auto", "on", "off"] = "auto"  # auto: apply the corrections only when they matter
-    rounds: int = 6                   # solve-and-register rounds before the init
+    rounds: int = 12                  # solve-and-register rounds before the init
     acceleration: int = 3             # Anderson acceleration over this many previous rounds (0: plain rounds)
-    coarsen: int = 2                  # the registration volume: the init's solve grid coarsened by this
+    coarsen: int = 3                  # the registration volume: the init's solve grid coarsened by this
     passes: int = 8                   # TV-SART passes per round (warm-started from the previous round)
     tv_weight: float = 0.03           # TV weight of those passes
     iterations: int = 6               # Levenberg-Marquardt iterations per view and round
@@ -175,6 +175,7 @@ class CalibrationConfig:
     prior_principal_point_px: float = 20.0
     min_views: int = 6                # fewer training views: never refined
     auto_min_shift_px: float = 0.5    # auto: applied when the RMS shift of the ROI centre reaches this (pixels)
+    auto_min_gain: float = 0.1        # and when they lower the data misfit of a quick solve by this fraction
     flag_rotation_deg: float = 3.0    # flagged: rotation above max(this, flag_factor x the median)
     flag_translation_mm: float = 8.0  # or source translation above max(this, flag_factor x the median)
     flag_shift_mm: float = 20.0       # or moving the ROI centre in its view by more than max(this, flag_factor x
@@ -193,11 +194,11 @@ class CalibrationConfig:
              f"min_views >= 2, got {self.rounds}, {self.coarsen}, {self.passes}, {self.iterations}, {self.min_views}")
         need(min(self.prior_rotation_deg, self.prior_translation_mm, self.prior_principal_point_px) > 0,
              "calibration.prior_* must be > 0")
-        need(self.tv_weight >= 0 and self.auto_min_shift_px >= 0 and self.flag_rotation_deg > 0
-             and self.flag_translation_mm > 0 and self.flag_shift_mm > 0 and self.flag_factor >= 1 and self.flag_inconsistency > 0
-             and -1 <= self.flag_ncc <= 1,
-             "calibration: tv_weight and auto_min_shift_px must be >= 0, flag limits > 0, flag_factor >= 1, "
-             "flag_ncc in [-1, 1]")
+        need(self.tv_weight >= 0 and self.auto_min_shift_px >= 0 and 0 <= self.auto_min_gain < 1
+             and self.flag_rotation_deg > 0 and self.flag_translation_mm > 0 and self.flag_shift_mm > 0
+             and self.flag_factor >= 1 and self.flag_inconsistency > 0 and -1 <= self.flag_ncc <= 1,
+             "calibration: tv_weight and auto_min_shift_px must be >= 0, auto_min_gain in [0, 1), flag limits > 0, "
+             "flag_factor >= 1, flag_ncc in [-1, 1]")
 
 
 @dataclass

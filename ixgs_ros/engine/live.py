@@ -614,6 +614,8 @@ class LiveSession:
         flagged = [ids[i] for i in summary.get("flagged", []) if i < len(ids)]
         self._poses = {k: summary[k] for k in ("decision", "applied", "views", "rms_shift_px", "max_rotation_deg",
                                                "max_translation_mm", "time_s") if k in summary}
+        if "consistency" in summary:  # how much better a quick solve fits the images with the corrections
+            self._poses["consistency_gain"] = summary["consistency"]["gain"]
         self._poses["flagged_view_ids"] = flagged
         if flagged:
             self.log("warn", f"pose refinement flagged {_plural(len(flagged), 'view')} as implausible (a moved "
