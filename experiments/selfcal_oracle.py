@@ -113,7 +113,6 @@ def run(scan_dir: Path, n: int, noise: tuple[float, float], seed: int, overrides
         # the refined poses fit about as well as the true ones
         import copy
 
-        from ixgs_ros.core.radiograph import bin_view
         from ixgs_ros.engine import init_solve
 
         ccfg = copy.deepcopy(cfg)
@@ -122,8 +121,7 @@ def run(scan_dir: Path, n: int, noise: tuple[float, float], seed: int, overrides
         b = calibration.coarse_binning(true, rgrid)
         solver = init_solve.make_solver(cfg)
         for name, vs in (("true", true), ("given", given), ("refined", final)):
-            pairs = [bin_view(v, im, b) for v, im in zip(vs, scan.projections[sel])]
-            bv, bp = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
+            bv, bp = init_solve._binned(vs, scan.projections[sel], rgrid, b)
             xv = solver.sart_tv(bv, bp, rgrid, 32, cfg.calibration.tv_weight, lam=cfg.init.relaxation)
             fp = solver.forward_project(xv, rgrid, bv)
             consistency[name] = float(np.sqrt(np.mean((np.asarray(fp) - bp) ** 2)))

@@ -256,10 +256,8 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
     last_step = np.inf  # RMS image displacement of the ROI centre made by the previous round
     misfit0 = np.zeros((len(idx), 2))  # per view: squared residual and pixel count against the first volume
     for r in range(c.rounds):
-        cur = [corrected_view(g, q) for g, q in zip(given, p)]
-        pairs = [bin_view(v, im, b) for v, im in zip(cur, proj)]
-        bv, bp = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
-        use = [k for k in range(len(idx)) if k not in flags or not c.exclude_flagged]
+        bv, bp = init_solve._binned([corrected_view(g, q) for g, q in zip(given, p)], proj, rgrid, b)
+        use = _used(len(idx), flags, c)
         eng._report(stage, r, c.rounds)
         x = solver.sart_tv([bv[k] for k in use], bp[use], rgrid, init_solve.init_passes(cfg, c.passes, len(use)),
                            c.tv_weight, lam=cfg.init.relaxation, x0=x)
@@ -281,7 +279,8 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
         new = np.stack([compose(q, dp) for q, dp in zip(p, dps)])
         sizes = [correction_sizes(g, q, pivot) for g, q in zip(given, new)]
         flags = _flags(sizes, ncc1, c)
-        new = fix_gauge(new, given, gauge_points, trusted=[k not in flags for k in range(len(idx))])
+        trusted = np.array([k not in flags for k in range(len(idx))])
+        new = fix_gauge(new, given, gauge_points, trusted=trusted)
         shift = float(np.sqrt(np.mean([correction_sizes(g, q, pivot)["shift_px"] ** 2
                                        for g, q in zip(given, new)])))
         if r == 0 and c.mode == "auto" and shift < c.auto_min_shift_px and not cal.applied:
@@ -290,7 +289,6 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
             p = np.zeros_like(p)
             flags = {}
             break
-        trusted = np.array([k not in flags for k in range(len(idx))])
         step = _step_px(given, p, new, pivot, trusted)
         if step > last_step:  # the round moved the poses more than the one before: the extrapolation overshot,
             hist = []         # so restart the acceleration from this round's plain output
@@ -302,9 +300,8 @@ def calibrated_init(eng, views: list[View], proj: np.ndarray, masks=None, warm=N
         # how much more consistent the corrections make the views (auto requires a marked gain): a quick solve
         # from the corrected poses, started as the first round's was, against that first one, over the views it
         # uses
-        use = [k for k in range(len(idx)) if k not in flags or not c.exclude_flagged]
-        pairs = [bin_view(corrected_view(given[k], p[k]), proj[k], b) for k in use]
-        bv, bp = [q[0] for q in pairs], np.stack([q[1] for q in pairs])
+        use = _used(len(idx), flags, c)
+        bv, bp = init_solve._binned([corrected_view(given[k], p[k]) for k in use], proj[use], rgrid, b)
         x1 = solver.sart_tv(bv, bp, rgrid, init_solve.init_passes(cfg, c.passes, len(use)), c.tv_weight,
                             lam=cfg.init.relaxation)
         model = DrrModel(x1, rgrid, device=cfg.device)
@@ -365,6 +362,12 @@ def _anderson(hist: list[tuple[np.ndarray, np.ndarray]], trusted=None) -> np.nda
     w /= w.sum()
     last[t] = sum(wk * o for wk, (_, o) in zip(w, hist))[t]
     return last
+
+
+def _used(n: int, flags: dict, c) -> list[int]:
+    """The view positions a registration volume is solved from: all but the flagged ones
+    (``calibration.exclude_flagged``)."""
+    return [k for k in range(n) if k not in flags or not c.exclude_flagged]
 
 
 def _step_px(given, p, q, point, trusted) -> float:
